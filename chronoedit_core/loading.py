@@ -1,0 +1,66 @@
+"""Loading a ChronoEdit checkpoint folder in diffusers layout, the same way for the 14B weights and the tiny model.
+
+On a GPU the transformer and text encoder run in bfloat16 while the VAE and the CLIP image encoder stay in float32,
+as in NVIDIA's examples; on a CPU everything is float32. Nothing is ever fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKLWan, ChronoEditPipeline
+from transformers import CLIPVisionModel
+
+from chronoedit_core.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+COMPONENT_FOLDERS = ("transformer", "text_encoder", "tokenizer", "image_encoder", "image_processor", "vae", "scheduler")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the pipeline runs and in which precision."""
+
+    device: str
+    dtype: torch.dtype
+    """Transformer and text encoder precision; the VAE and image encoder always stay in float32."""
+
+    @classmethod
+    def resolve(cls, device: str = "auto") -> Placement:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return cls(device=device, dtype=dtype)
+
+
+def check_layout(model_dir: Path) -> None:
+    """Fail early, with the missing parts named, when `model_dir` is not a ChronoEdit checkpoint in diffusers layout."""
+    if not (model_dir / "model_index.json").is_file():
+        raise ModelLoadError(f"{model_dir} has no model_index.json; expected a ChronoEdit checkpoint in diffusers layout")
+    missing = [name for name in COMPONENT_FOLDERS if not (model_dir / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{model_dir} lacks the component folders {', '.join(missing)}")
+
+
+def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
+    """Load every component from `model_dir` onto `placement.device`. Local files only."""
+    check_layout(model_dir)
+    diffusers.utils.logging.disable_progress_bar()  # progress bars would flood the worker logs
+    transformers.utils.logging.disable_progress_bar()
+    logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
+    common = {"local_files_only": True}
+    image_encoder = CLIPVisionModel.from_pretrained(
+        model_dir, subfolder="image_encoder", dtype=torch.float32, **common
+    )
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=torch.float32, **common)
+    pipe = ChronoEditPipeline.from_pretrained(
+        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, **common
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(placement.device)

@@ -1,0 +1,114 @@
+"""Write a tiny, randomly initialised ChronoEdit checkpoint in diffusers layout.
+
+Same classes and on-disk layout as the 14B release (`model_index.json`, `transformer/`, `text_encoder/`,
+`tokenizer/`, `image_encoder/`, `image_processor/`, `vae/`, `scheduler/`), at toy sizes, so tests and the embedded
+demo exercise the very loading and inference code that serves the real weights. Its images are noise: the weights
+are random. The tokenizer is built locally (byte-level, no merges) because nothing here can download one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, ChronoEditPipeline, ChronoEditTransformer3DModel, UniPCMultistepScheduler
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    PreTrainedTokenizerFast,
+    UMT5Config,
+    UMT5EncoderModel,
+)
+
+TEXT_DIM = 32
+IMAGE_DIM = 32
+CLIP_IMAGE_SIZE = 32
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with T5's special tokens: every string maps to tokens, nothing is unknown."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *sorted(alphabet)])}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def build_tiny_pipeline(seed: int = 0) -> ChronoEditPipeline:
+    """The real ChronoEdit component classes at toy sizes, with weights drawn from `seed`."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=IMAGE_DIM,
+            intermediate_size=64,
+            projection_dim=IMAGE_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=CLIP_IMAGE_SIZE,
+            patch_size=8,
+        )
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+    )
+    heads, head_dim = 2, 12
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=36,  # 16 noise + 4 mask + 16 condition latents, as in the 14B model
+        out_channels=16,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=IMAGE_DIM,
+        added_kv_proj_dim=heads * head_dim,
+        rope_max_seq_len=1024,
+    )
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    return ChronoEditPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+        transformer=transformer,
+        vae=vae,
+        scheduler=scheduler,
+    )
+
+
+def write_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """Write the tiny checkpoint to `directory` (created if needed) and return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
+    return directory

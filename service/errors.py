@@ -1,0 +1,99 @@
+"""The API's error contract: every error is `{"error": {"code", "message", "request_id"}}` with a stable `code`.
+
+Exceptions are mapped to HTTP statuses here and nowhere else. Anything unexpected becomes a 500 `internal_error`
+carrying the request id, so it can be found in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chronoedit_core.errors import ChronoEditError, ImageTooLargeError, UnsupportedImageFormatError
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a client can act on."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} does not exist")
+
+
+FIELD_CODES = {
+    "prompt": "invalid_prompt",
+    "negative_prompt": "invalid_prompt",
+    "width": "invalid_size",
+    "height": "invalid_size",
+    "image_url": "invalid_image_url",
+    "image_base64": "invalid_image",
+}
+"""Validation errors on these fields get a more precise code than the generic `invalid_parameter`."""
+
+STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "")
+
+
+def error_response(request: Request, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": request_id(request)}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers={"X-Request-ID": request_id(request)})
+
+
+def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """Turn pydantic errors into one `ApiError` whose code names the first offending field's kind."""
+    details = [
+        {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query")), "message": err["msg"]}
+        for err in errors
+    ]
+    first = details[0]["field"].split(".")[0] if details else ""
+    message = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details)
+    return ApiError(422, FIELD_CODES.get(first, "invalid_parameter"), message, details)
+
+
+def core_error_status(exc: ChronoEditError) -> int:
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    if isinstance(exc, UnsupportedImageFormatError):
+        return 415
+    return 400
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(ChronoEditError)
+    async def _core_error(request: Request, exc: ChronoEditError) -> JSONResponse:
+        return error_response(request, core_error_status(exc), exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = validation_error(list(exc.errors()))
+        return error_response(request, err.status, err.code, err.message, err.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in request %s", request_id(request))
+        return error_response(request, 500, "internal_error", "internal error; quote the request id when reporting")

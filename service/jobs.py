@@ -1,0 +1,91 @@
+"""The job record: the single source of truth about a job, shared by the API and the workers.
+
+It lives in Redis as JSON (see `service/store.py`); the Celery message carries only the job id. Attempts make
+redelivery harmless: a worker claims a job by bumping `attempt`, writes outputs under attempt-scoped keys, and only
+the current attempt may finalise.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+OutputName = Literal["image", "video"]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class EditParams(BaseModel):
+    """Resolved parameters: everything that determines the output, the drawn seed and output size included."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    flow_shift: float
+    width: int
+    height: int
+    outputs: list[OutputName]
+    fps: int = 16
+
+
+class StoredFile(BaseModel):
+    key: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: Literal["edit"] = "edit"
+    status: JobStatus = JobStatus.QUEUED
+    params: EditParams
+    input: StoredFile
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress = Field(default_factory=Progress)
+    attempt: int = 0
+    """Number of times a worker claimed the job; the current attempt is the only one allowed to finalise."""
+    lease_expires_at: float | None = None
+    worker: str | None = None
+    outputs: dict[str, StoredFile] = Field(default_factory=dict)
+    error: JobError | None = None
+
+
+def input_key(job_id: str, extension: str) -> str:
+    return f"jobs/{job_id}/input/image.{extension}"
+
+
+def output_key(job_id: str, attempt: int, name: str) -> str:
+    """Attempt-scoped: a redelivered task writes beside, never over, another attempt's files."""
+    return f"jobs/{job_id}/attempts/{attempt}/{name}"
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/attempts/{attempt}/"

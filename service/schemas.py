@@ -1,0 +1,145 @@
+"""Request and response bodies of the public API, version 1."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+
+from service.jobs import JobStatus, OutputName
+
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
+
+
+class EditDefaults:
+    """Defaults of the standard edit (DESIGN.md): 50 steps, guidance 5.0, flow shift 5.0."""
+
+    num_inference_steps = 50
+    guidance_scale = 5.0
+    flow_shift = 5.0
+
+
+class EditCreate(BaseModel):
+    """Fields of `POST /v1/edits`, as JSON or as multipart form fields (the image then comes as the `image` file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The edit instruction.")]
+    kind: Literal["edit"] = Field("edit", description="Job kind. `upscale` and `sketch` are planned.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed; drawn and recorded when absent.")
+    num_inference_steps: int | None = Field(None, ge=1, le=100, description="Denoising steps (default 50).")
+    guidance_scale: float | None = Field(None, ge=1.0, le=20.0, description="Classifier-free guidance (default 5).")
+    flow_shift: float | None = Field(None, ge=0.5, le=20.0, description="UniPC flow shift (default 5).")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the edit should avoid.")
+    width: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output width; default: size rule.")
+    height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output height; default: size rule.")
+    outputs: list[OutputName] = Field(
+        default_factory=lambda: ["image"], min_length=1, max_length=2, description="Files to produce."
+    )
+    fps: int = Field(16, ge=1, le=60, description="Frame rate of the `video` output.")
+    image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the input image.")
+    image_base64: str | None = Field(None, description="JSON only: the input image, base64-encoded.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_from_form(cls, value: Any) -> Any:
+        """Multipart forms send lists as repeated fields or as one JSON array string; accept both."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and len(value) == 1 and value[0].startswith("["):
+            try:
+                return json.loads(value[0])
+            except json.JSONDecodeError as exc:
+                raise ValueError("`outputs` is not a valid JSON array") from exc
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("`outputs` lists a name twice")
+        return value
+
+
+class EditParamsView(BaseModel):
+    prompt: str
+    negative_prompt: str
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    flow_shift: float
+    width: int
+    height: int
+    outputs: list[OutputName]
+    fps: int
+
+
+class FileView(BaseModel):
+    url: str = Field(description="Downloads the file; expires (presigned S3 URL or signed API URL).")
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class InputView(BaseModel):
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class ProgressView(BaseModel):
+    step: int
+    total: int
+
+
+class ErrorView(BaseModel):
+    code: str
+    message: str
+
+
+class JobView(BaseModel):
+    id: str
+    object: Literal["edit"] = "edit"
+    kind: Literal["edit"]
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: EditParamsView
+    input: InputView
+    progress: ProgressView
+    attempt: int = Field(description="How many times a worker started this job.")
+    outputs: dict[OutputName, FileView] = Field(description="Present once the job succeeded.")
+    error: ErrorView | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="Each part (`redis`, `storage`, `worker`) and what was found.")
+
+
+def timestamp(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None

@@ -1,0 +1,65 @@
+"""Typed settings, read once per process from `CHRONOEDIT_*` environment variables (or a `.env` file).
+
+`CommonSettings` is what the API and the workers must agree on (Redis, storage, job leases); `ApiSettings` adds the
+HTTP side's limits. The worker's settings live in `worker/settings.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHRONOEDIT_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and job records.")
+    key_prefix: str = Field("chronoedit", description="Prefix of every Redis key this service writes.")
+
+    storage_backend: Literal["local", "s3"] = Field("local", description="Where inputs and outputs are kept.")
+    storage_dir: Path = Field(Path("var/storage"), description="Root folder of the local storage backend.")
+    s3_bucket: str = Field("chronoedit", description="Bucket for inputs and outputs (S3 backend).")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None for AWS.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; None uses boto3's usual lookup.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    s3_create_bucket: bool = Field(False, description="Create the bucket at start if it does not exist.")
+
+    url_signing_secret: SecretStr = Field(
+        SecretStr("dev-only-change-me"), description="HMAC key of the local backend's download URLs."
+    )
+    url_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Lifetime of download URLs.")
+
+    lease_seconds: float = Field(60.0, gt=0, description="A running job whose worker is silent this long is re-run.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts before a job whose worker keeps dying fails.")
+    visibility_timeout_seconds: int = Field(
+        6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
+    )
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> CommonSettings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("CHRONOEDIT_S3_BUCKET is required when CHRONOEDIT_STORAGE_BACKEND=s3")
+        return self
+
+
+class ApiSettings(CommonSettings):
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API binds to.")
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input file.")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted input, width x height.")
+    max_output_side: int = Field(2048, ge=16, description="Longest allowed output side.")
+    max_output_pixels: int = Field(2048 * 2048, ge=256, description="Largest allowed output area.")
+    fetch_timeout_seconds: float = Field(10.0, gt=0, description="Timeout when fetching an `image_url`.")
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts or IPs an `image_url` may name even when they resolve to private or loopback addresses.",
+    )
+    reconcile_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the API re-enqueues jobs whose worker lease expired."
+    )
+    ready_worker_required: bool = Field(True, description="`/readyz` needs at least one ready worker.")

@@ -1,0 +1,165 @@
+"""Job records and worker registrations in Redis. Every state transition of a job happens here, each one an
+optimistic transaction (WATCH/MULTI) on the job's key, so concurrent workers, redelivered messages and the
+reconciler can never both win.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from service.jobs import JobError, JobRecord, JobStatus, StoredFile
+
+Transition = Callable[[JobRecord], JobRecord | None]
+"""Takes the current record and returns the new one, or None to leave it unchanged."""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str, lease_seconds: float, max_attempts: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self._leases = f"{prefix}:leases"
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def create(self, record: JobRecord) -> None:
+        if not self.client.set(self._key(record.id), record.model_dump_json(), nx=True):
+            raise KeyError(f"job {record.id} exists already")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.client.get(self._key(job_id))
+        return JobRecord.model_validate_json(raw) if raw is not None else None
+
+    def update(self, job_id: str, transition: Transition) -> JobRecord | None:
+        """Apply `transition` atomically; returns the new record, or None if the job is missing or unchanged."""
+        key = self._key(job_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    new = transition(JobRecord.model_validate_json(raw))
+                    if new is None:
+                        return None
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    if new.status == JobStatus.RUNNING and new.lease_expires_at is not None:
+                        pipe.zadd(self._leases, {job_id: new.lease_expires_at})
+                    else:
+                        pipe.zrem(self._leases, job_id)
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    # --- transitions -------------------------------------------------------------------------------------------
+
+    def claim(self, job_id: str, worker: str) -> JobRecord | None:
+        """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            now = time.time()
+            lease_live = job.lease_expires_at is not None and job.lease_expires_at > now
+            if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
+                return None
+            if job.attempt >= self.max_attempts:
+                return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")
+            return job.model_copy(
+                update={
+                    "status": JobStatus.RUNNING,
+                    "attempt": job.attempt + 1,
+                    "worker": worker,
+                    "started_at": now,
+                    "lease_expires_at": now + self.lease_seconds,
+                    "progress": job.progress.model_copy(update={"step": 0}),
+                }
+            )
+
+        claimed = self.update(job_id, transition)
+        return claimed if claimed is not None and claimed.status == JobStatus.RUNNING else None
+
+    def renew(self, job_id: str, attempt: int) -> bool:
+        return self._if_current(job_id, attempt, {"lease_expires_at": time.time() + self.lease_seconds})
+
+    def set_progress(self, job_id: str, attempt: int, step: int, total: int) -> bool:
+        update = {"progress": {"step": step, "total": total}, "lease_expires_at": time.time() + self.lease_seconds}
+        return self._if_current(job_id, attempt, update)
+
+    def succeed(self, job_id: str, attempt: int, outputs: dict[str, StoredFile]) -> bool:
+        update = {"status": JobStatus.SUCCEEDED, "outputs": outputs, "finished_at": time.time()}
+        return self._if_current(job_id, attempt, {**update, "lease_expires_at": None})
+
+    def fail(self, job_id: str, attempt: int, code: str, message: str) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            return _failed(job, code, message) if _is_current(job, attempt) else None
+
+        return self.update(job_id, transition) is not None
+
+    def requeue_if_expired(self, job_id: str) -> JobRecord | None:
+        """Reconciler step: a running job whose lease expired goes back to `queued` (or fails past the attempt cap).
+        Returns the new record when this call made the change."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            expired = job.lease_expires_at is not None and job.lease_expires_at <= time.time()
+            if job.status != JobStatus.RUNNING or not expired:
+                return None
+            if job.attempt >= self.max_attempts:
+                message = f"the worker stopped responding during each of {job.attempt} attempts"
+                return _failed(job, "worker_lost", message)
+            return job.model_copy(update={"status": JobStatus.QUEUED, "lease_expires_at": None, "worker": None})
+
+        return self.update(job_id, transition)
+
+    def expired_leases(self) -> list[str]:
+        return [m.decode() for m in self.client.zrangebyscore(self._leases, "-inf", time.time())]
+
+    def _if_current(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            return JobRecord.model_validate({**job.model_dump(), **update})
+
+        return self.update(job_id, transition) is not None
+
+
+def _is_current(job: JobRecord, attempt: int) -> bool:
+    return job.status == JobStatus.RUNNING and job.attempt == attempt
+
+
+def _failed(job: JobRecord, code: str, message: str) -> JobRecord:
+    return job.model_copy(
+        update={
+            "status": JobStatus.FAILED,
+            "error": JobError(code=code, message=message),
+            "finished_at": time.time(),
+            "lease_expires_at": None,
+        }
+    )
+
+
+class WorkerRegistry:
+    """Workers announce themselves with a short TTL; a worker that stops announcing disappears."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def announce(self, name: str, info: dict[str, Any], ttl_seconds: float) -> None:
+        self.client.set(f"{self.prefix}:worker:{name}", json.dumps(info), px=int(ttl_seconds * 1000))
+
+    def withdraw(self, name: str) -> None:
+        self.client.delete(f"{self.prefix}:worker:{name}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}:worker:*", count=100))
+        values = self.client.mget(keys) if keys else []
+        return [json.loads(v) for v in values if v is not None]

@@ -1,0 +1,57 @@
+"""The Celery app the GPU workers run (`celery -A worker.app worker`, or `chronoedit worker`).
+
+The pipeline is loaded in each pool child at `worker_process_init`, so CUDA is touched only in the child (DESIGN.md).
+The task is thin: it takes a job id and hands it to the process's `WorkerRuntime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from service.queue import RUN_EDIT_TASK, make_celery
+from worker.runtime import WorkerRuntime
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+settings = WorkerSettings()
+app = make_celery(settings, name="chronoedit-worker")
+app.conf.update(worker_proc_alive_timeout=settings.proc_alive_timeout_seconds, worker_concurrency=1)
+
+
+class _Process:
+    """The runtime of this pool child; set once at process start, never inside a task."""
+
+    runtime: WorkerRuntime | None = None
+
+
+@worker_process_init.connect
+def _load_model(**_: Any) -> None:
+    runtime = WorkerRuntime(settings)
+    try:
+        runtime.start()
+    except Exception:
+        logger.exception("worker %s could not load the model; stopping the worker", settings.worker_name)
+        os.kill(os.getppid(), signal.SIGTERM)  # a worker without a model must not take jobs
+        raise
+    _Process.runtime = runtime
+
+
+@worker_process_shutdown.connect
+def _withdraw(**_: Any) -> None:
+    if _Process.runtime is not None:
+        _Process.runtime.stop()
+
+
+@app.task(name=RUN_EDIT_TASK, ignore_result=True)
+def run_edit(job_id: str) -> None:
+    runtime = _Process.runtime
+    if runtime is None:  # only if loading failed and the worker is shutting down: give the job back
+        raise Reject("this worker process has no loaded pipeline", requeue=True)
+    runtime.execute(job_id)

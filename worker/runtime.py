@@ -1,0 +1,198 @@
+"""One worker process's state: the resident pipeline, its registration heartbeat, and running a claimed job.
+
+Life cycle (reported in the worker registry): starting -> loading -> ready, or setup_failed. A job goes: claim (a new
+attempt) -> read input -> denoise (progress per step) -> encode -> upload under attempt-scoped keys -> finalise, which
+only the current attempt can do. Bad jobs end `failed` with a code; the process carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import torch
+
+from chronoedit_core.encoding import encode_mp4, encode_png
+from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.images import ImageLimits, decode_image
+from chronoedit_core.loading import Placement, load_pipeline
+from chronoedit_core.runner import EditRequest, EditResult, EditRunner
+from service.jobs import JobRecord, StoredFile, attempt_prefix, output_key
+from service.storage import ObjectNotFound, StorageError, make_storage
+from service.store import JobStore, WorkerRegistry
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CurrentJob:
+    job_id: str
+    attempt: int
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.store = JobStore(self.redis, settings.key_prefix, settings.lease_seconds, settings.max_attempts)
+        self.registry = WorkerRegistry(self.redis, settings.key_prefix)
+        self.storage = make_storage(settings)
+        self.placement = Placement.resolve(settings.device)
+        self.runner: EditRunner | None = None
+        self.state = "starting"
+        self.error: str | None = None
+        self.current: CurrentJob | None = None
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+
+    # --- start and registration --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce, load the pipeline, become ready. Raises if the model cannot be loaded."""
+        self._heartbeat.start()
+        self._set_state("loading")
+        started = time.monotonic()
+        try:
+            if self.settings.model_dir is None:
+                raise ChronoEditError("CHRONOEDIT_MODEL_DIR is not set", code="model_load_failed")
+            self.runner = EditRunner(load_pipeline(self.settings.model_dir, self.placement))
+        except Exception as exc:
+            self.error = str(exc)
+            self._set_state("setup_failed")
+            raise
+        self.load_seconds = time.monotonic() - started
+        logger.info("worker %s ready in %.1f s", self.settings.worker_name, self.load_seconds)
+        self._set_state("ready")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.registry.withdraw(self.settings.worker_name)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.settings.worker_name,
+            "state": self.state,
+            "ready": self.state == "ready",
+            "error": self.error,
+            "model_dir": str(self.settings.model_dir),
+            "device": self.placement.device,
+            "dtype": str(self.placement.dtype).removeprefix("torch."),
+            "queues": self.settings.queues,
+            "job_id": self.current.job_id if self.current else None,
+        }
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._announce()
+
+    def _announce(self) -> None:
+        self.registry.announce(self.settings.worker_name, self.info(), ttl_seconds=3 * self.settings.heartbeat_seconds)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            try:
+                self._announce()
+                current = self.current
+                if current is not None:
+                    self.store.renew(current.job_id, current.attempt)
+            except redis.RedisError:
+                logger.warning("heartbeat failed; retrying", exc_info=True)
+
+    # --- running a job -----------------------------------------------------------------------------------------
+
+    def execute(self, job_id: str) -> None:
+        """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
+        job = self.store.claim(job_id, self.settings.worker_name)
+        if job is None:
+            logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
+            return
+        self.current = CurrentJob(job_id, job.attempt)
+        self._announce()
+        try:
+            outputs = self._run(job)
+            if not self.store.succeed(job_id, job.attempt, outputs):
+                logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
+                self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
+        except JobFailed as exc:
+            self._fail(job, exc.code, exc.message)
+        except Exception as exc:
+            logger.exception("job %s failed unexpectedly", job_id)
+            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            self.current = None
+            self._announce()
+
+    def _fail(self, job: JobRecord, code: str, message: str) -> None:
+        logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message)
+        self.store.fail(job.id, job.attempt, code, message)
+
+    def _run(self, job: JobRecord) -> dict[str, StoredFile]:
+        image = self._read_input(job)
+        result = self._denoise(job, image)
+        return self._upload(job, result)
+
+    def _read_input(self, job: JobRecord) -> Any:
+        try:
+            data = self.storage.get(job.input.key)
+        except ObjectNotFound as exc:
+            raise JobFailed("input_missing", "the job's input image is no longer in storage") from exc
+        except StorageError as exc:
+            raise JobFailed("storage_error", f"reading the input failed: {exc}") from exc
+        try:
+            return decode_image(data, ImageLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)).image
+        except ChronoEditError as exc:
+            raise JobFailed(exc.code, exc.message) from exc
+
+    def _denoise(self, job: JobRecord, image: Any) -> EditResult:
+        assert self.runner is not None, "execute() before start()"
+        p = job.params
+        request = EditRequest(
+            prompt=p.prompt,
+            negative_prompt=p.negative_prompt,
+            width=p.width,
+            height=p.height,
+            seed=p.seed,
+            num_inference_steps=p.num_inference_steps,
+            guidance_scale=p.guidance_scale,
+            flow_shift=p.flow_shift,
+        )
+
+        def on_step(step: int, total: int) -> None:
+            self.store.set_progress(job.id, job.attempt, step, total)
+
+        try:
+            return self.runner.run(request, image, on_step=on_step)
+        except torch.OutOfMemoryError as exc:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise JobFailed("out_of_memory", f"the job did not fit in device memory: {exc}") from exc
+        except ChronoEditError as exc:
+            raise JobFailed(exc.code, exc.message) from exc
+
+    def _upload(self, job: JobRecord, result: EditResult) -> dict[str, StoredFile]:
+        files: dict[str, tuple[str, bytes, str]] = {}
+        if "image" in job.params.outputs:
+            files["image"] = ("image.png", encode_png(result.image), "image/png")
+        if "video" in job.params.outputs:
+            files["video"] = ("video.mp4", encode_mp4(result.frames, fps=job.params.fps), "video/mp4")
+        width, height = result.image.size
+        stored: dict[str, StoredFile] = {}
+        for name, (filename, data, content_type) in files.items():
+            key = output_key(job.id, job.attempt, filename)
+            try:
+                self.storage.put(key, data, content_type)
+            except StorageError as exc:
+                raise JobFailed("storage_error", f"writing the {name} output failed: {exc}") from exc
+            stored[name] = StoredFile(key=key, content_type=content_type, width=width, height=height, bytes=len(data))
+        return stored

@@ -1,0 +1,26 @@
+"""The worker's settings: the common contract with the API plus where the model is and how to run it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+
+from service.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    model_dir: Path | None = Field(None, description="ChronoEdit checkpoint folder in diffusers layout.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    worker_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Name in the registry."
+    )
+    queues: list[str] = Field(default_factory=lambda: ["edits"], description="Celery queues this worker consumes.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often the worker renews its registration and lease.")
+    proc_alive_timeout_seconds: float = Field(
+        600.0, gt=0, description="How long Celery waits for a child to load the model (DESIGN.md: above load time)."
+    )
+    max_image_bytes: int = Field(100 * 1024 * 1024, description="Largest input the worker will decode.")
+    max_image_pixels: int = Field(100_000_000, description="Largest input area the worker will decode.")
