@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.embedded import free_port, start_redis
+from tests.stack import S3_ENV, Stack, start_moto
+
+_databases = itertools.count(0)
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chronoedit_core.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
+    port = free_port()
+    child = start_redis(port, tmp_path_factory.mktemp("redis"), log=logs_dir / "redis.log")
+    yield f"redis://127.0.0.1:{port}"
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(logs_dir: Path) -> Iterator[str]:
+    child, url = start_moto(logs_dir / "moto.log")
+    yield url
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: Path) -> Iterator:
+    """Builds isolated stacks: each gets its own Redis database (hence queues), key prefix and bucket."""
+    stacks: list[Stack] = []
+
+    def make(name: str, **env: str) -> Stack:
+        db = next(_databases)
+        assert db < 16, "redis-server has 16 databases"
+        stack = Stack(
+            name=name,
+            logs=logs_dir,
+            env={
+                **S3_ENV,
+                "CHRONOEDIT_REDIS_URL": f"{redis_server}/{db}",
+                "CHRONOEDIT_KEY_PREFIX": f"test-{name}",
+                "CHRONOEDIT_S3_ENDPOINT_URL": s3_endpoint,
+                "CHRONOEDIT_S3_BUCKET": f"bucket-{name}",
+                "CHRONOEDIT_MODEL_DIR": str(tiny_model),
+                "CHRONOEDIT_DEVICE": "cpu",
+                "CHRONOEDIT_HEARTBEAT_SECONDS": "1",
+                "CHRONOEDIT_RECONCILE_INTERVAL_SECONDS": "1",
+                "CHRONOEDIT_MAX_IMAGE_BYTES": str(2 * 1024 * 1024),
+                "CHRONOEDIT_MAX_IMAGE_PIXELS": str(4_000_000),
+                "CHRONOEDIT_FETCH_ALLOW_HOSTS": '["127.0.0.1"]',
+                **env,
+            },
+        )
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(make_stack) -> Stack:
+    """The shared stack: API and one ready worker, for tests that do not kill anything."""
+    shared = make_stack("shared")
+    shared.start_api()
+    shared.start_worker("worker-1")
+    return shared
+
+
+@pytest.fixture
+def client(stack: Stack):
+    with stack.client() as http:
+        yield http
+
