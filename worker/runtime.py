@@ -8,6 +8,7 @@ only the current attempt can do. Bad jobs end `failed` with a code; the process 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class WorkerRuntime:
     def info(self) -> dict[str, Any]:
         return {
             "name": self.settings.worker_name,
+            "pid": os.getpid(),
             "state": self.state,
             "ready": self.state == "ready",
             "error": self.error,

@@ -1,0 +1,89 @@
+"""The job record's transitions against a real Redis: claims are exclusive, stale attempts cannot write."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from service.jobs import EditParams, JobRecord, JobStatus, StoredFile
+from service.store import JobStore
+
+
+@pytest.fixture
+def store(redis_server: str) -> JobStore:
+    client = redis.Redis.from_url(f"{redis_server}/15")
+    return JobStore(client, prefix=f"unit-{uuid.uuid4().hex[:8]}", lease_seconds=0.5, max_attempts=2)
+
+
+def new_job(store: JobStore) -> JobRecord:
+    params = EditParams(prompt="x", seed=1, num_inference_steps=2, guidance_scale=5, flow_shift=5, width=16,
+                        height=16, outputs=["image"])
+    stored = StoredFile(key="k", content_type="image/png", width=16, height=16, bytes=1)
+    job = JobRecord(id=uuid.uuid4().hex, params=params, input=stored)
+    store.create(job)
+    return job
+
+
+def output() -> dict[str, StoredFile]:
+    return {"image": StoredFile(key="o", content_type="image/png", width=16, height=16, bytes=1)}
+
+
+def test_concurrent_claims_have_one_winner(store: JobStore) -> None:
+    job = new_job(store)
+    results: list[JobRecord | None] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        results.append(store.claim(job.id, f"w{i}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert store.get(job.id).attempt == 1
+
+
+def test_stale_attempt_cannot_finalise_or_report(store: JobStore) -> None:
+    job = new_job(store)
+    first = store.claim(job.id, "a")
+    time.sleep(0.6)  # lease expired: the job may be taken over
+    second = store.claim(job.id, "b")
+    assert first is not None and second is not None and second.attempt == 2
+    assert not store.set_progress(job.id, first.attempt, 1, 2)
+    assert not store.succeed(job.id, first.attempt, output())
+    assert not store.fail(job.id, first.attempt, "x", "y")
+    assert store.succeed(job.id, second.attempt, output())
+    final = store.get(job.id)
+    assert final.status == JobStatus.SUCCEEDED and final.worker == "b"
+    assert store.claim(job.id, "c") is None, "terminal jobs are never claimed again"
+
+
+def test_live_lease_blocks_duplicate_delivery(store: JobStore) -> None:
+    job = new_job(store)
+    claimed = store.claim(job.id, "a")
+    assert store.claim(job.id, "b") is None
+    assert store.renew(job.id, claimed.attempt)
+    assert store.requeue_if_expired(job.id) is None
+
+
+def test_reconciler_requeues_then_fails_at_the_cap(store: JobStore) -> None:
+    job = new_job(store)
+    store.claim(job.id, "a")
+    time.sleep(0.6)
+    assert job.id in store.expired_leases()
+    requeued = store.requeue_if_expired(job.id)
+    assert requeued.status == JobStatus.QUEUED and requeued.attempt == 1
+    assert job.id not in store.expired_leases()
+    store.claim(job.id, "b")
+    time.sleep(0.6)
+    failed = store.requeue_if_expired(job.id)
+    assert failed.status == JobStatus.FAILED and failed.error.code == "worker_lost"
+    assert store.claim(job.id, "c") is None
