@@ -92,7 +92,7 @@ def _is_other_image_format(data: bytes) -> bool:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as probe:
                 return probe.format not in ACCEPTED_FORMATS
-    except Exception:  # noqa: BLE001 - any failure means "not a recognisable image"
+    except Exception:
         return False
 
 

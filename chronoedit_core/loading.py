@@ -42,7 +42,9 @@ class Placement:
 def check_layout(model_dir: Path) -> None:
     """Fail early, with the missing parts named, when `model_dir` is not a ChronoEdit checkpoint in diffusers layout."""
     if not (model_dir / "model_index.json").is_file():
-        raise ModelLoadError(f"{model_dir} has no model_index.json; expected a ChronoEdit checkpoint in diffusers layout")
+        raise ModelLoadError(
+            f"{model_dir} has no model_index.json; expected a ChronoEdit checkpoint in diffusers layout"
+        )
     missing = [name for name in COMPONENT_FOLDERS if not (model_dir / name).is_dir()]
     if missing:
         raise ModelLoadError(f"{model_dir} lacks the component folders {', '.join(missing)}")
@@ -54,13 +56,12 @@ def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
     diffusers.utils.logging.disable_progress_bar()  # progress bars would flood the worker logs
     transformers.utils.logging.disable_progress_bar()
     logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
-    common = {"local_files_only": True}
     image_encoder = CLIPVisionModel.from_pretrained(
-        model_dir, subfolder="image_encoder", dtype=torch.float32, **common
+        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True
     )
-    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=torch.float32, **common)
+    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True)
     pipe = ChronoEditPipeline.from_pretrained(
-        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, **common
+        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(placement.device)

@@ -26,18 +26,27 @@ class Size:
         return self.width * self.height
 
 
-def default_output_size(input_width: int, input_height: int, target_area: int = TARGET_AREA) -> Size:
+def default_output_size(
+    input_width: int, input_height: int, target_area: int = TARGET_AREA, max_side: int | None = None
+) -> Size:
     """Keep the aspect ratio, aim for `target_area` pixels, floor each side to a multiple of 16.
 
-    Same arithmetic as the official example (`round(sqrt(area * aspect)) // 16 * 16`), with a floor of 16 px so
-    extreme aspect ratios still give a valid size.
+    Same arithmetic as the official example (`round(sqrt(area * aspect)) // 16 * 16`). Two guards the example lacks:
+    a floor of 16 px, and, for very elongated images, a scale-down so the long side stays within `max_side`.
     """
     if input_width <= 0 or input_height <= 0:
         raise ValueError(f"image sides must be positive, got {input_width}x{input_height}")
     aspect = input_height / input_width
-    height = round(math.sqrt(target_area * aspect)) // SIZE_MULTIPLE * SIZE_MULTIPLE
-    width = round(math.sqrt(target_area / aspect)) // SIZE_MULTIPLE * SIZE_MULTIPLE
-    return Size(width=max(width, MIN_SIDE), height=max(height, MIN_SIDE))
+    height = math.sqrt(target_area * aspect)
+    width = math.sqrt(target_area / aspect)
+    if max_side is not None and max(width, height) > max_side:
+        shrink = max_side / max(width, height)
+        width, height = width * shrink, height * shrink
+    return Size(width=_floor_to_multiple(width), height=_floor_to_multiple(height))
+
+
+def _floor_to_multiple(side: float) -> int:
+    return max(round(side) // SIZE_MULTIPLE * SIZE_MULTIPLE, MIN_SIDE)
 
 
 def check_output_size(width: int, height: int, max_side: int, max_area: int) -> None:

@@ -20,9 +20,9 @@ DEMO_PROMPT = "The user wants to turn the mug bright red while keeping the backg
 
 
 def cmd_api(_: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from service.app import create_app  # noqa: PLC0415
+    from service.app import create_app
 
     settings = ApiSettings()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
@@ -30,18 +30,24 @@ def cmd_api(_: argparse.Namespace) -> int:
 
 
 def cmd_worker(_: argparse.Namespace) -> int:
-    from worker.app import app, settings  # noqa: PLC0415
+    from worker.app import app, settings
 
     argv = [
-        "worker", "--pool=prefork", "--concurrency=1", f"--queues={','.join(settings.queues)}",
-        f"--hostname={settings.worker_name}@%h", "--without-gossip", "--without-mingle", "--loglevel=INFO",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        f"--queues={','.join(settings.queues)}",
+        f"--hostname={settings.worker_name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
     ]
     app.worker_main(argv)
     return 0
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from chronoedit_core.tiny import write_tiny_model  # noqa: PLC0415
+    from chronoedit_core.tiny import write_tiny_model
 
     path = write_tiny_model(Path(args.directory), seed=args.seed)
     print(f"wrote a tiny random ChronoEdit checkpoint to {path} (its images are noise)")
@@ -49,8 +55,8 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from service.app import create_app  # noqa: PLC0415
-    from service.openapi import DOCUMENT_PATH, render  # noqa: PLC0415
+    from service.app import create_app
+    from service.openapi import DOCUMENT_PATH, render
 
     text = render(create_app(ApiSettings()))
     if args.check:
@@ -108,14 +114,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _model_dir(data: Path) -> Path:
-    from worker.settings import WorkerSettings  # noqa: PLC0415 - torch-free; only reads the environment
+    from worker.settings import WorkerSettings
 
     configured = WorkerSettings().model_dir
     if configured is not None:
         return configured
     tiny = data / "tiny-model"
     if not (tiny / "model_index.json").exists():
-        from chronoedit_core.tiny import write_tiny_model  # noqa: PLC0415
+        from chronoedit_core.tiny import write_tiny_model
 
         print(f"no CHRONOEDIT_MODEL_DIR set: writing the tiny random model to {tiny} (its images are noise)")
         write_tiny_model(tiny)
@@ -124,7 +130,7 @@ def _model_dir(data: Path) -> Path:
 
 def _example_image(data: Path) -> Path:
     """A small synthetic product photo (a mug on a plain background) to edit."""
-    from PIL import Image, ImageDraw  # noqa: PLC0415
+    from PIL import Image, ImageDraw
 
     path = data / "example.png"
     if not path.exists():

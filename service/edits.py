@@ -62,7 +62,7 @@ def _output_size(edit: EditCreate, width: int, height: int, settings: ApiSetting
     if edit.width is not None and edit.height is not None:
         size = (edit.width, edit.height)
     else:
-        rule = default_output_size(width, height)
+        rule = default_output_size(width, height, max_side=settings.max_output_side)
         size = (rule.width, rule.height)
     try:
         check_output_size(*size, max_side=settings.max_output_side, max_area=settings.max_output_pixels)

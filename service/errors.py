@@ -7,6 +7,7 @@ carrying the request id, so it can be found in the logs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,7 +56,7 @@ def error_response(request: Request, status: int, code: str, message: str, detai
     return JSONResponse({"error": body}, status_code=status, headers={"X-Request-ID": request_id(request)})
 
 
-def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+def validation_error(errors: Sequence[Any]) -> ApiError:
     """Turn pydantic errors into one `ApiError` whose code names the first offending field's kind."""
     details = [
         {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query")), "message": err["msg"]}

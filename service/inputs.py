@@ -30,9 +30,7 @@ async def read_edit_request(request: Request, settings: ApiSettings) -> tuple[Ed
         return await _read_multipart(request, settings)
     if content_type == "application/json":
         return await _read_json(request, settings)
-    raise ApiError(
-        415, "unsupported_media_type", "send multipart/form-data (with an `image` file) or application/json"
-    )
+    raise ApiError(415, "unsupported_media_type", "send multipart/form-data (with an `image` file) or application/json")
 
 
 def _validate(fields: dict[str, Any]) -> EditCreate:
@@ -103,16 +101,18 @@ async def fetch_image(url: str, settings: ApiSettings) -> bytes:
     _check_public(host, settings.fetch_allow_hosts)
     limit = settings.max_image_bytes
     try:
-        async with httpx.AsyncClient(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise ApiError(400, "image_fetch_failed", f"GET {url} answered {response.status_code}")
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data.extend(chunk)
-                    if len(data) > limit:
-                        raise ApiError(413, "image_too_large", f"the image is above the limit of {limit} bytes")
-                return bytes(data)
+        async with (
+            httpx.AsyncClient(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ApiError(400, "image_fetch_failed", f"GET {url} answered {response.status_code}")
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data.extend(chunk)
+                if len(data) > limit:
+                    raise ApiError(413, "image_too_large", f"the image is above the limit of {limit} bytes")
+            return bytes(data)
     except httpx.HTTPError as exc:
         raise ApiError(400, "image_fetch_failed", f"GET {url} failed: {exc.__class__.__name__}") from exc
 

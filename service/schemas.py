@@ -36,9 +36,7 @@ class EditCreate(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What the edit should avoid.")
     width: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output width; default: size rule.")
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output height; default: size rule.")
-    outputs: list[OutputName] = Field(
-        default_factory=lambda: ["image"], min_length=1, max_length=2, description="Files to produce."
-    )
+    outputs: list[OutputName] = Field(default=["image"], min_length=1, max_length=2, description="Files to produce.")
     fps: int = Field(16, ge=1, le=60, description="Frame rate of the `video` output.")
     image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the input image.")
     image_base64: str | None = Field(None, description="JSON only: the input image, base64-encoded.")

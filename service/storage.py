@@ -34,6 +34,7 @@ class Storage(Protocol):
     def url(self, key: str, ttl_seconds: int) -> str:
         """An absolute URL (S3) or a path below the API's base URL (local) that downloads `key`."""
         ...
+
     def check(self) -> None:
         """Raise `StorageError` if the backend cannot be used."""
         ...

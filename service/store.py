@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -120,7 +120,8 @@ class JobStore:
         return self.update(job_id, transition)
 
     def expired_leases(self) -> list[str]:
-        return [m.decode() for m in self.client.zrangebyscore(self._leases, "-inf", time.time())]
+        members = cast(list[bytes], self.client.zrangebyscore(self._leases, "-inf", time.time()))
+        return [member.decode() for member in members]
 
     def _if_current(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
         def transition(job: JobRecord) -> JobRecord | None:

@@ -87,4 +87,3 @@ def stack(make_stack) -> Stack:
 def client(stack: Stack):
     with stack.client() as http:
         yield http
-

@@ -69,7 +69,7 @@ class Stack:
         raise TimeoutError(f"worker {name} not ready; log:\n{self.log(name)}")
 
     def registered_workers(self) -> list[dict[str, Any]]:
-        import redis  # noqa: PLC0415
+        import redis
 
         client = redis.Redis.from_url(self.env["CHRONOEDIT_REDIS_URL"])
         keys = list(client.scan_iter(match=f"{self.env['CHRONOEDIT_KEY_PREFIX']}:worker:*"))

@@ -28,7 +28,12 @@ def test_openapi_documents_both_request_bodies_and_errors() -> None:
     schema = document["components"]["schemas"]["EditCreate"]
     assert schema["properties"]["num_inference_steps"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 100}
     assert document["components"]["schemas"]["JobStatus"]["enum"] == [
-        "queued", "running", "succeeded", "failed", "canceled"]
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "canceled",
+    ]
 
 
 BLOCK_TORCH = textwrap.dedent(

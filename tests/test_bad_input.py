@@ -107,21 +107,28 @@ def test_missing_prompt_and_image(client: httpx.Client) -> None:
 
 def test_bad_json_bodies(client: httpx.Client) -> None:
     image = base64.b64encode(GOOD).decode()
-    assert_error(client.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"}),
-                 400, "invalid_json")
+    assert_error(
+        client.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     assert_error(client.post("/v1/edits", json=["a list"]), 422, "invalid_parameter")
     assert_error(client.post("/v1/edits", json={"prompt": "x"}), 422, "missing_image")
     both = {"prompt": "x", "image_base64": image, "image_url": "https://example.com/a.png"}
     assert_error(client.post("/v1/edits", json=both), 422, "missing_image")
     assert_error(client.post("/v1/edits", json={"prompt": "x", "image_base64": "!!!"}), 422, "invalid_image")
-    assert_error(client.post("/v1/edits", json={"prompt": "x", "image_url": "ftp://example.com/a.png"}),
-                 422, "invalid_image_url")
+    assert_error(
+        client.post("/v1/edits", json={"prompt": "x", "image_url": "ftp://example.com/a.png"}), 422, "invalid_image_url"
+    )
     private = {"prompt": "x", "image_url": "http://10.1.2.3/a.png"}
     assert_error(client.post("/v1/edits", json=private), 400, "image_url_forbidden")
     metadata = {"prompt": "x", "image_url": "http://169.254.169.254/latest/meta-data"}
     assert_error(client.post("/v1/edits", json=metadata), 400, "image_url_forbidden")
-    assert_error(client.post("/v1/edits", content=b"prompt=x", headers={"content-type": "text/plain"}),
-                 415, "unsupported_media_type")
+    assert_error(
+        client.post("/v1/edits", content=b"prompt=x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_unknown_job_and_route(client: httpx.Client) -> None:
@@ -131,13 +138,17 @@ def test_unknown_job_and_route(client: httpx.Client) -> None:
 
 
 def test_tampered_or_expired_download_url(client: httpx.Client) -> None:
-    assert_error(client.get("/v1/files/jobs/x/input/image.png", params={"expires": 1, "signature": "0" * 64}),
-                 404, "not_found")  # S3 mode: the API serves no files, URLs are presigned S3 URLs
+    assert_error(
+        client.get("/v1/files/jobs/x/input/image.png", params={"expires": 1, "signature": "0" * 64}), 404, "not_found"
+    )  # S3 mode: the API serves no files, URLs are presigned S3 URLs
 
 
 def test_service_still_works_after_bad_input(client: httpx.Client) -> None:
     for _, data, _, _ in BAD_FILES:
         client.post("/v1/edits", files={"image": ("x.png", data, "image/png")}, data={"prompt": "x"})
-    job = client.post("/v1/edits", files={"image": ("x.png", GOOD, "image/png")},
-                      data={"prompt": "x", "num_inference_steps": "1", "width": "32", "height": "32"}).json()
+    job = client.post(
+        "/v1/edits",
+        files={"image": ("x.png", GOOD, "image/png")},
+        data={"prompt": "x", "num_inference_steps": "1", "width": "32", "height": "32"},
+    ).json()
     assert wait_job(client, job["id"])["status"] == "succeeded"

@@ -32,7 +32,11 @@ def test_serve_prints_a_working_curl_and_stops_cleanly(tmp_path: Path) -> None:
     env["CHRONOEDIT_PORT"] = str(port)
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()

@@ -31,8 +31,14 @@ def test_multipart_edit_returns_png_and_mp4(client: httpx.Client, stack: Stack) 
     response = client.post(
         "/v1/edits",
         files={"image": ("photo.png", image, "image/png")},
-        data={"prompt": "make the box blue", "num_inference_steps": "3", "width": "64", "height": "48",
-              "outputs": ["image", "video"], "fps": "8"},
+        data={
+            "prompt": "make the box blue",
+            "num_inference_steps": "3",
+            "width": "64",
+            "height": "48",
+            "outputs": ["image", "video"],
+            "fps": "8",
+        },
     )
     assert response.status_code == 202, response.text
     job = response.json()
@@ -79,8 +85,14 @@ def test_png_matches_stock_pipeline_for_same_seed(client: httpx.Client, tiny_mod
         {"guidance_scale": 3.5, "flow_shift": 3.0, "negative_prompt": "blurry, low quality"},
     ]
     for case in cases:
-        params = {"prompt": "The user wants to make the box green.", "seed": 1234, "num_inference_steps": 4,
-                  "width": 64, "height": 48, **case}
+        params = {
+            "prompt": "The user wants to make the box green.",
+            "seed": 1234,
+            "num_inference_steps": 4,
+            "width": 64,
+            "height": 48,
+            **case,
+        }
         body = {**params, "image_base64": base64.b64encode(image).decode()}
         job = client.post("/v1/edits", json=body).json()
         done = wait_job(client, job["id"])
@@ -97,8 +109,14 @@ def test_seed_changes_output(client: httpx.Client) -> None:
     for seed in (1, 2):
         job = client.post(
             "/v1/edits",
-            json={"prompt": "x", "seed": seed, "num_inference_steps": 2, "width": 32, "height": 32,
-                  "image_base64": base64.b64encode(sample_image(32, 32)).decode()},
+            json={
+                "prompt": "x",
+                "seed": seed,
+                "num_inference_steps": 2,
+                "width": 32,
+                "height": 32,
+                "image_base64": base64.b64encode(sample_image(32, 32)).decode(),
+            },
         ).json()
         done = wait_job(client, job["id"])
         outputs.append(np.asarray(Image.open(io.BytesIO(download(done["outputs"]["image"]["url"])))))
@@ -133,8 +151,13 @@ def image_server() -> Iterator[str]:
 def test_json_image_url(client: httpx.Client, image_server: str) -> None:
     job = client.post(
         "/v1/edits",
-        json={"prompt": "x", "image_url": f"{image_server}/photo.jpg", "num_inference_steps": 1,
-              "width": 32, "height": 32},
+        json={
+            "prompt": "x",
+            "image_url": f"{image_server}/photo.jpg",
+            "num_inference_steps": 1,
+            "width": 32,
+            "height": 32,
+        },
     )
     assert job.status_code == 202, job.text
     assert job.json()["input"]["content_type"] == "image/jpeg"
@@ -152,8 +175,9 @@ def test_failing_job_ends_failed_and_worker_survives(client: httpx.Client, stack
         data={"prompt": "x", "num_inference_steps": "40", "width": "256", "height": "192"},
     ).json()
     doomed = client.post(
-        "/v1/edits", files={"image": ("p.png", sample_image(), "image/png")}, data={"prompt": "x", "width": "32",
-                                                                                    "height": "32"}
+        "/v1/edits",
+        files={"image": ("p.png", sample_image(), "image/png")},
+        data={"prompt": "x", "width": "32", "height": "32"},
     ).json()
     assert client.get(f"/v1/edits/{doomed['id']}").json()["status"] == "queued"
     stack.s3().delete_object(Bucket=stack.bucket, Key=f"jobs/{doomed['id']}/input/image.png")

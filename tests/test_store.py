@@ -20,8 +20,16 @@ def store(redis_server: str) -> JobStore:
 
 
 def new_job(store: JobStore) -> JobRecord:
-    params = EditParams(prompt="x", seed=1, num_inference_steps=2, guidance_scale=5, flow_shift=5, width=16,
-                        height=16, outputs=["image"])
+    params = EditParams(
+        prompt="x",
+        seed=1,
+        num_inference_steps=2,
+        guidance_scale=5,
+        flow_shift=5,
+        width=16,
+        height=16,
+        outputs=["image"],
+    )
     stored = StoredFile(key="k", content_type="image/png", width=16, height=16, bytes=1)
     job = JobRecord(id=uuid.uuid4().hex, params=params, input=stored)
     store.create(job)

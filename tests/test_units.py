@@ -19,13 +19,24 @@ LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=10_000_000)
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((1280, 720), (1280, 720)), ((720, 1280), (720, 1280)), ((1024, 1024), (960, 960)), ((1024, 768), (1104, 816)),
-     ((3000, 100), (5248, 160)), ((100, 3000), (160, 5248))],
+    [
+        ((1280, 720), (1280, 720)),
+        ((720, 1280), (720, 1280)),
+        ((1024, 1024), (960, 960)),
+        ((1024, 768), (1104, 816)),
+        ((3000, 100), (5248, 160)),
+        ((100, 3000), (160, 5248)),
+    ],
 )
 def test_size_rule(size: tuple[int, int], expected: tuple[int, int]) -> None:
     result = default_output_size(*size)
     assert (result.width, result.height) == expected
     assert result.width % 16 == 0 and result.height % 16 == 0
+
+
+def test_size_rule_keeps_elongated_images_within_the_side_limit() -> None:
+    result = default_output_size(3000, 100, max_side=2048)
+    assert (result.width, result.height) == (2048, 64)
 
 
 def test_explicit_size_checks_teach() -> None:

@@ -54,7 +54,7 @@ def test_killed_worker_job_reruns_on_another_worker(make_stack) -> None:
         assert done["status"] == "succeeded", done
         assert done["attempt"] == 2
         assert time.monotonic() - killed_at < 60, "re-run within lease + reconcile interval + worker start"
-        assert all(f"/attempts/2/" in f["url"] for f in done["outputs"].values())
+        assert all("/attempts/2/" in f["url"] for f in done["outputs"].values())
         assert committed_attempts(stack, job_id) == {"2"}, "only the finishing attempt wrote outputs"
         assert httpx.get(done["outputs"]["image"]["url"]).status_code == 200
 
