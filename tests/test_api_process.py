@@ -82,3 +82,13 @@ def test_readiness_names_the_missing_part(make_stack) -> None:
     with broken.client() as client:
         checks = client.get("/readyz").json()["checks"]
     assert checks["redis"] == "ok" and checks["storage"].startswith("unusable")
+
+
+def test_every_setting_is_documented() -> None:
+    from pathlib import Path
+
+    from worker.settings import WorkerSettings
+
+    documented = (Path(__file__).resolve().parent.parent / "deploy" / "README.md").read_text()
+    for name in {*ApiSettings.model_fields, *WorkerSettings.model_fields}:
+        assert f"`{name.upper()}`" in documented, f"CHRONOEDIT_{name.upper()} is not in deploy/README.md"
