@@ -56,12 +56,16 @@ def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
     diffusers.utils.logging.disable_progress_bar()  # progress bars would flood the worker logs
     transformers.utils.logging.disable_progress_bar()
     logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
+    # On a GPU the weights go straight from disk to the device (no full copy in host memory first).
+    direct = {"device_map": placement.device} if placement.device == "cuda" else {}
     image_encoder = CLIPVisionModel.from_pretrained(
-        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True
+        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, **direct
     )
-    vae = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True)
+    vae = AutoencoderKLWan.from_pretrained(
+        model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, **direct
+    )
     pipe = ChronoEditPipeline.from_pretrained(
-        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, local_files_only=True
+        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, local_files_only=True, **direct
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(placement.device)
+    return pipe if direct else pipe.to(placement.device)

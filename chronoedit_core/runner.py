@@ -1,25 +1,48 @@
-"""Running one edit on a loaded pipeline.
+"""Running one edit on a loaded pipeline, with a denoising loop this project owns.
 
-`EditRunner` owns the per-job choices the stock `ChronoEditPipeline` leaves to the caller: the input resize (the
-official scripts resize with PIL before calling the pipeline), a `UniPCMultistepScheduler` at the job's flow shift,
-a CPU generator seeded per job, per-step progress, and the official float-to-uint8 conversion of the frames.
+The loop re-uses the stock `ChronoEditPipeline`'s own stages (`encode_prompt`, `encode_image`, `prepare_latents`,
+its video processor, scheduler and VAE) and performs the same operations in the same order, so its output equals
+the stock pipeline's for the same seed (tests check it on CPU). Owning the loop is what allows:
+- step caching: each transformer call runs inside `cache_context("cond" | "uncond")`, which diffusers' cache hooks
+  (FirstBlockCache) need and the stock pipeline never opens;
+- speed options applied once at worker start (`RunnerOptions`): regional `torch.compile` of the transformer blocks,
+  the attention backend;
+- stopping between steps (`StepCallback` returning False) instead of spinning through the remaining steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import ChronoEditPipeline, UniPCMultistepScheduler
+from diffusers import ChronoEditPipeline, FirstBlockCacheConfig, UniPCMultistepScheduler
 from PIL import Image
+
+from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.fp8 import fp8_enabled, wrap_linears
+from chronoedit_core.fp8 import supported as fp8_supported
 
 EDIT_FRAMES = 5
 """Without temporal reasoning the pipeline always renders 5 frames (2 latent frames): input ... edit."""
 
-StepCallback = Callable[[int, int], None]
-"""Called after each denoising step with (steps done, total steps)."""
+REASONING_FRAMES = 29
+MAX_SEQUENCE_LENGTH = 512
+
+StepCallback = Callable[[int, int], bool | None]
+"""Called after each denoising step with (steps done, total steps); returning False stops the run."""
+
+
+class EditStopped(ChronoEditError):
+    """The step callback asked to stop; `steps_done` steps ran."""
+
+    code = "stopped"
+
+    def __init__(self, steps_done: int) -> None:
+        super().__init__(f"stopped after {steps_done} steps")
+        self.steps_done = steps_done
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,30 @@ class EditRequest:
     guidance_scale: float = 5.0
     flow_shift: float = 5.0
     negative_prompt: str = ""
+    temporal_reasoning: bool = False
+    reasoning_steps: int | None = None
+    """With temporal reasoning: steps before the reasoning frames are dropped (default: all steps)."""
+    step_cache_threshold: float | None = None
+    """Opt-in FirstBlockCache: skip the transformer's tail when the first block's residual changed less than this.
+    Faster, and no longer the exact result."""
+    fp8: bool = False
+    """Opt-in FP8 matrix multiplies in the transformer blocks (the worker must have `RunnerOptions.fp8`)."""
+
+    @property
+    def num_frames(self) -> int:
+        return REASONING_FRAMES if self.temporal_reasoning else EDIT_FRAMES
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Speed options applied once, when the runner is built (a worker setting, not per job)."""
+
+    compile: bool = False
+    """Regional `torch.compile` of the repeated transformer blocks; paid once at warm-up."""
+    attention_backend: str | None = None
+    """A diffusers attention backend name (e.g. `_native_cudnn`); None keeps the default (PyTorch SDPA)."""
+    fp8: bool = False
+    """Prepare FP8 copies of the blocks' linear weights so jobs may ask for FP8 matrix multiplies (GPU only)."""
 
 
 @dataclass(frozen=True)
@@ -68,30 +115,151 @@ def frames_to_images(frames: np.ndarray) -> list[Image.Image]:
 class EditRunner:
     """Runs edits on one resident pipeline, one at a time."""
 
-    def __init__(self, pipe: ChronoEditPipeline) -> None:
+    def __init__(self, pipe: ChronoEditPipeline, options: RunnerOptions | None = None) -> None:
         self.pipe = pipe
+        self.options = options or RunnerOptions()
+        transformer = pipe.transformer
+        if self.options.attention_backend:
+            transformer.set_attention_backend(self.options.attention_backend)
+        if self.options.fp8:
+            if not fp8_supported(transformer.device):
+                raise ChronoEditError("FP8 matrix multiplies need a CUDA GPU of compute capability 8.9 or newer")
+            wrap_linears(transformer.blocks)
+        if self.options.compile:
+            _compile_blocks(transformer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.transformer.device
 
     def run(self, request: EditRequest, image: Image.Image, on_step: StepCallback | None = None) -> EditResult:
-        pipe = self.pipe
-        pipe.scheduler = make_scheduler(pipe, request.flow_shift)
-        total = request.num_inference_steps
+        latents = self.denoise(request, prepare_image(image, request.width, request.height), on_step)
+        return EditResult(frames=frames_to_images(self.decode(latents, request.temporal_reasoning)))
 
-        def callback(_pipe: ChronoEditPipeline, step: int, _t: torch.Tensor, kwargs: dict) -> dict:
-            if on_step is not None:
-                on_step(step + 1, total)
-            return kwargs
-
-        output = pipe(
-            image=prepare_image(image, request.width, request.height),
+    @torch.no_grad()
+    def denoise(self, request: EditRequest, image: Image.Image, on_step: StepCallback | None = None) -> torch.Tensor:
+        """The stock pipeline's steps 3 to 6, in its order, returning the final latents."""
+        pipe, transformer, device = self.pipe, self.pipe.transformer, self.device
+        if request.height % 16 or request.width % 16:
+            raise ValueError(
+                f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
+            )
+        guided = request.guidance_scale > 1
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_frames=EDIT_FRAMES,
-            num_inference_steps=total,
-            guidance_scale=request.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="np",
-            callback_on_step_end=callback,
+            do_classifier_free_guidance=guided,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=device,
         )
-        return EditResult(frames=frames_to_images(output.frames[0]))
+        dtype = transformer.dtype
+        prompt_embeds = prompt_embeds.to(dtype)
+        negative_embeds = negative_embeds.to(dtype) if negative_embeds is not None else None
+        image_embeds = pipe.encode_image(image, device).to(dtype)
+
+        scheduler = make_scheduler(pipe, request.flow_shift)
+        scheduler.set_timesteps(request.num_inference_steps, device=device)
+        video = pipe.video_processor.preprocess(image, height=request.height, width=request.width)
+        latents, condition = pipe.prepare_latents(
+            video.to(device, dtype=torch.float32),
+            1,
+            pipe.vae.config.z_dim,
+            request.height,
+            request.width,
+            request.num_frames,
+            torch.float32,
+            device,
+            torch.Generator("cpu").manual_seed(request.seed),
+            None,
+        )
+        reasoning_end = request.reasoning_steps if request.reasoning_steps is not None else len(scheduler.timesteps)
+        total = len(scheduler.timesteps)
+        with self._step_cache(request.step_cache_threshold), fp8_enabled(transformer.blocks, request.fp8):
+            for i, t in enumerate(scheduler.timesteps):
+                if request.temporal_reasoning and i == reasoning_end:
+                    latents, condition = _drop_reasoning_frames(latents, condition, scheduler)
+                model_input = torch.cat([latents, condition], dim=1).to(dtype)
+                timestep = t.expand(latents.shape[0])
+                call = {"hidden_states": model_input, "timestep": timestep, "encoder_hidden_states_image": image_embeds}
+                with transformer.cache_context("cond"):
+                    noise_pred = transformer(encoder_hidden_states=prompt_embeds, return_dict=False, **call)[0]
+                if guided:
+                    with transformer.cache_context("uncond"):
+                        noise_uncond = transformer(encoder_hidden_states=negative_embeds, return_dict=False, **call)[0]
+                    noise_pred = noise_uncond + request.guidance_scale * (noise_pred - noise_uncond)
+                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                if on_step is not None and on_step(i + 1, total) is False:
+                    raise EditStopped(i + 1)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, temporal_reasoning: bool) -> np.ndarray:
+        """The stock pipeline's decoding: de-normalise, VAE-decode (reasoning and edit frames apart), to [0, 1]."""
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype)
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+        latents = latents / inverse_std + mean
+        if temporal_reasoning and latents.shape[2] > 2:
+            edit = vae.decode(latents[:, :, [0, -1]], return_dict=False)[0]
+            reasoning = vae.decode(latents[:, :, :-1], return_dict=False)[0]
+            video = torch.cat([reasoning, edit[:, :, 1:]], dim=2)
+        else:
+            video = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+
+    def _step_cache(self, threshold: float | None) -> Any:
+        return _StepCache(self.pipe.transformer, threshold)
+
+
+def _compile_blocks(transformer: torch.nn.Module) -> None:
+    """Regional compilation: each repeated block's `forward` is compiled (shapes: 5 and 29 frames compile once each).
+
+    Unlike `compile_repeated_blocks`, which compiles the module call, this leaves room for diffusers' cache hooks to
+    wrap the compiled forward from outside (dynamo cannot trace the hooks themselves).
+    """
+    for block in transformer.blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True)
+
+
+def _drop_reasoning_frames(
+    latents: torch.Tensor, condition: torch.Tensor, scheduler: UniPCMultistepScheduler
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """End of the reasoning phase: keep the first and last latent frames, in the scheduler's history too."""
+    keep = [0, -1]
+    for j, output in enumerate(scheduler.model_outputs):
+        if output is not None and output.shape[-3] != 2:
+            scheduler.model_outputs[j] = output[:, :, keep]
+    if scheduler.last_sample is not None:
+        scheduler.last_sample = scheduler.last_sample[:, :, keep]
+    return latents[:, :, keep], condition[:, :, keep]
+
+
+def _register_chronoedit_block() -> None:
+    """diffusers 0.42 registers Wan's transformer block for its cache hooks but not ChronoEdit's copy of it, whose
+    forward has the same signature and returns the hidden states alone; register it the same way."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+    from diffusers.models.transformers.transformer_chronoedit import WanTransformerBlock
+
+    try:
+        TransformerBlockRegistry.get(WanTransformerBlock)
+    except ValueError:
+        metadata = TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None)
+        TransformerBlockRegistry.register(model_class=WanTransformerBlock, metadata=metadata)
+
+
+class _StepCache:
+    """Enables FirstBlockCache on the transformer for one run, and removes it afterwards."""
+
+    def __init__(self, transformer: Any, threshold: float | None) -> None:
+        self.transformer, self.threshold = transformer, threshold
+
+    def __enter__(self) -> None:
+        if self.threshold is not None:
+            _register_chronoedit_block()
+            self.transformer.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+
+    def __exit__(self, *_: object) -> None:
+        if self.threshold is not None:
+            self.transformer.disable_cache()
