@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from service.embedded import Child, free_port, python_module, start_redis, wait_http
+from service.logs import configure_logging
 from service.settings import ApiSettings
 
 DEMO_PROMPT = "The user wants to turn the mug bright red while keeping the background unchanged."
@@ -25,7 +26,10 @@ def cmd_api(_: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = ApiSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    configure_logging(settings.log_format, settings.log_level)
+    # log_config=None: uvicorn's loggers go through ours; its access log is replaced by service.access's lines.
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
 
@@ -82,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
         "CHRONOEDIT_PORT": str(settings.port),
+        **_embedded_observability(settings),
     }
     children: list[Child] = []
     stopping = False
@@ -111,6 +116,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("stopping the embedded stack ...", file=sys.stderr)
         for child in reversed(children):
             child.stop()
+
+
+def _embedded_observability(settings: ApiSettings) -> dict[str, str]:
+    """Plain log lines (read by people, in var/logs) and a free worker metrics port (two demos on one machine must
+    not clash), unless the environment chose otherwise."""
+    from worker.settings import WorkerSettings
+
+    env = {}
+    if "log_format" not in settings.model_fields_set:
+        env["CHRONOEDIT_LOG_FORMAT"] = "plain"
+    if "metrics_port" not in WorkerSettings().model_fields_set:
+        env["CHRONOEDIT_METRICS_PORT"] = "0"
+    return env
 
 
 def _model_dir(data: Path) -> Path:
