@@ -50,6 +50,28 @@ def cmd_worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics_targets(args: argparse.Namespace) -> int:
+    """Registered workers' metrics endpoints as Prometheus file_sd targets, on stdout or atomically to a file."""
+    import json
+    import os
+
+    import redis
+
+    from service.metrics import file_sd_targets
+    from service.store import WorkerRegistry
+
+    settings = ApiSettings()
+    registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url), settings.key_prefix)
+    text = json.dumps(file_sd_targets(registry.workers()), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="")
+        return 0
+    partial = Path(f"{args.output}.tmp")
+    partial.write_text(text)
+    os.replace(partial, args.output)  # Prometheus never reads a half-written file
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from chronoedit_core.tiny import write_tiny_model
 
@@ -182,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
     sub.add_parser("worker", help="run a GPU worker (Celery)").set_defaults(func=cmd_worker)
+    targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
+    targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    targets.set_defaults(func=cmd_metrics_targets)
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random ChronoEdit checkpoint")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from prometheus_client import Counter, Histogram
 
@@ -108,6 +108,12 @@ def record_terminal(before: JobRecord, after: JobRecord) -> None:
     JOBS.labels(kind, mode, after.status.value).inc()
     if after.status == JobStatus.SUCCEEDED and after.finished_at is not None:
         observe_stage(after, "end_to_end", after.finished_at - after.created_at)
+
+
+def file_sd_targets(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prometheus `file_sd_configs` content for the registered workers that publish a metrics endpoint."""
+    targets = sorted({str(worker["metrics_target"]) for worker in workers if worker.get("metrics_target")})
+    return [{"targets": targets, "labels": {}}] if targets else []
 
 
 def record_webhook_delivery(outcome: WebhookOutcome) -> None:

@@ -4,6 +4,9 @@ parser, and the JSON log lines of the API and the worker."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -180,3 +183,17 @@ def test_logs_are_json_lines_with_ids_and_durations(observed: dict[str, Any]) ->
     assert len(submit) == 1 and submit[0]["request_id"] == "req-observe-1" and submit[0]["status"] == 202
     assert submit[0]["duration_s"] > 0
     assert any(line.get("job_id") == job_id and line.get("request_id") == "req-observe-1" for line in api_lines)
+
+
+def test_metrics_targets_lists_the_worker_exporters(observed: dict[str, Any]) -> None:
+    """`chronoedit metrics-targets` turns the registry into Prometheus file_sd targets that answer scrapes."""
+    stack: Stack = observed["stack"]
+    command = [sys.executable, "-m", "service.cli", "metrics-targets"]
+    result = subprocess.run(command, env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    groups = json.loads(result.stdout)
+    assert [len(group["targets"]) for group in groups] == [1]
+    port = observed["info"]["metrics_port"]
+    target = groups[0]["targets"][0]
+    assert target == f"127.0.0.1:{port}"
+    assert "chronoedit_worker_ready" in scrape(f"http://{target}/metrics")

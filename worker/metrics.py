@@ -8,6 +8,7 @@ its own port from a thread. Without a CUDA device the GPU family is simply absen
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,16 @@ def start_exporter(settings: WorkerSettings, device: str) -> int:
     actual = int(server.server_port)
     logger.info("metrics exporter listening on %s:%d", settings.metrics_host, actual, extra={"metrics_port": actual})
     return actual
+
+
+def scrape_target(settings: WorkerSettings, port: int) -> str:
+    """The `host:port` Prometheus scrapes: the bound address, or this host's name when bound to every interface."""
+    bound = settings.metrics_host
+    host = socket.getfqdn() if bound in _EVERY_INTERFACE else bound
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared against, not bound to
 
 
 @contextmanager

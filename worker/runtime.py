@@ -27,7 +27,7 @@ from service.logs import bind_log_context
 from service.metrics import init_job_series
 from service.storage import ObjectNotFound, StorageError, make_storage
 from service.store import JobStore, WorkerRegistry
-from worker.metrics import StepTimer, WorkerMetrics, job_claimed, start_exporter, timed_stage
+from worker.metrics import StepTimer, WorkerMetrics, job_claimed, scrape_target, start_exporter, timed_stage
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class WorkerRuntime:
             "queues": self.settings.queues,
             "job_id": self.current.job_id if self.current else None,
             "metrics_port": self.metrics_port,
+            "metrics_target": scrape_target(self.settings, self.metrics_port) if self.metrics_port else None,
         }
 
     def _set_state(self, state: str) -> None:
