@@ -135,13 +135,26 @@ class GpuMemoryCollector(Collector):
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         self.nvml = _nvml_handle(self.index)
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The family without values, so registering the collector does not touch the device."""
+        yield self._family()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "chronoedit_gpu_memory_bytes", "GPU memory by kind (see worker/metrics.py).", labels=["gpu", "kind"]
-        )
-        for kind, value in self.read().items():
+        try:
+            figures = self.read()
+        except RuntimeError:  # a CUDA error must not take the worker's other metrics down with it
+            logger.warning("reading GPU memory failed", exc_info=True)
+            return
+        family = self._family()
+        for kind, value in figures.items():
             family.add_metric([str(self.index), kind], value)
         yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "chronoedit_gpu_memory_bytes", "GPU memory by kind (see worker/metrics.py).", labels=["gpu", "kind"]
+        )
 
     def read(self) -> dict[str, int]:
         figures = {
@@ -176,6 +189,6 @@ def _nvml_handle(index: int) -> object | None:
         pynvml.nvmlInit()
         uuid = str(torch.cuda.get_device_properties(index).uuid)
         return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
-    except pynvml.NVMLError:
+    except (pynvml.NVMLError, AttributeError, RuntimeError):  # no driver library, no UUID, no such device
         logger.info("NVML unavailable; device-wide GPU memory comes from cudaMemGetInfo", exc_info=True)
         return None
