@@ -34,6 +34,11 @@ def cmd_api(_: argparse.Namespace) -> int:
 
 
 def cmd_worker(_: argparse.Namespace) -> int:
+    from worker.logs import configure_worker_logging
+    from worker.settings import WorkerSettings
+
+    # Before the model libraries load and Celery starts, so their warnings are log lines too.
+    configure_worker_logging(WorkerSettings())
     from worker.app import app, settings
 
     argv = [

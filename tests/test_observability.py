@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -162,7 +163,15 @@ def test_queue_depth_is_read_from_the_broker(make_stack) -> None:
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """The JSON log lines. Everything that is logged, model libraries' and Celery's warnings included, is JSON; the
+    only other lines are Celery's start-up banner, which it prints rather than logs."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    other = [line for line in lines if not line.startswith("{")]
+    assert not [line for line in other if LOG_LIKE.search(line)], other
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+LOG_LIKE = re.compile(r"Traceback|Warning|WARNING|ERROR|INFO|\[transformers\]|^\d{4}-\d\d-\d\d")
 
 
 def test_logs_are_json_lines_with_ids_and_durations(observed: dict[str, Any]) -> None:

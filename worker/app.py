@@ -14,8 +14,9 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from service.logs import configure_logging, log_context
+from service.logs import log_context
 from service.queue import RUN_EDIT_TASK, make_celery
+from worker.logs import configure_worker_logging
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
 
@@ -35,7 +36,7 @@ class _Process:
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     """Connected, so Celery leaves logging to us: every line (Celery's own too) in CHRONOEDIT_LOG_FORMAT."""
-    configure_logging(settings.log_format, settings.log_level, static={"worker": settings.worker_name})
+    configure_worker_logging(settings)
 
 
 @worker_process_init.connect
