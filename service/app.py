@@ -14,9 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from service.edits import build_job, render_job
 from service.errors import ApiError, install_error_handlers, not_found
+from service.http_metrics import metrics_response, observe_requests, queue_depth_registry
 from service.inputs import read_edit_request
 from service.jobs import JobRecord
 from service.jobsystem import JobSystem
+from service.metrics import init_job_series
 from service.openapi import build_openapi
 from service.schemas import ErrorResponse, JobView, Readiness
 from service.settings import ApiSettings
@@ -64,6 +66,7 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
         system = jobs or JobSystem(settings)
         system.start_reconciler(settings.reconcile_interval_seconds)
         app.state.jobs = system
+        app.state.metrics = queue_depth_registry(system, settings.metrics_queues)
         yield
         system.close()
 
@@ -75,6 +78,8 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     )
     app.state.settings = settings
     install_error_handlers(app)
+    init_job_series()
+    app.middleware("http")(observe_requests)  # inside _request_id, so it sees the request id
     app.middleware("http")(_request_id)
     _add_routes(app, settings)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
@@ -112,6 +117,7 @@ def _add_routes(app: FastAPI, settings: ApiSettings) -> None:
     async def create_edit(request: Request, response: Response, jobs: Jobs) -> JobView:
         edit, data = await read_edit_request(request, settings)
         job = await run_in_threadpool(build_job, edit, data, settings)
+        job.request_id = request.state.request_id  # the worker's logs carry it too
         await run_in_threadpool(jobs.submit, job, data)
         response.headers["Location"] = f"/v1/edits/{job.id}"
         return view(job, request, jobs)
@@ -137,6 +143,11 @@ def _add_routes(app: FastAPI, settings: ApiSettings) -> None:
         except ObjectNotFound as exc:
             raise not_found("file") from exc
         return Response(data, media_type=_media_type(key))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        """Prometheus text exposition: HTTP, job and queue-depth families (see service/metrics.py)."""
+        return metrics_response(request.app.state.metrics)
 
     @app.get("/healthz", summary="The process is alive", tags=["health"])
     def healthz() -> dict[str, str]:

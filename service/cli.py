@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from service.embedded import Child, free_port, python_module, start_redis, wait_http
+from service.logs import configure_logging
 from service.settings import ApiSettings
 
 DEMO_PROMPT = "The user wants to turn the mug bright red while keeping the background unchanged."
@@ -25,11 +26,19 @@ def cmd_api(_: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = ApiSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    configure_logging(settings.log_format, settings.log_level)
+    # log_config=None: uvicorn's loggers go through ours; its access log is replaced by service.access's lines.
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
 
 def cmd_worker(_: argparse.Namespace) -> int:
+    from worker.logs import configure_worker_logging
+    from worker.settings import WorkerSettings
+
+    # Before the model libraries load and Celery starts, so their warnings are log lines too.
+    configure_worker_logging(WorkerSettings())
     from worker.app import app, settings
 
     argv = [
@@ -43,6 +52,28 @@ def cmd_worker(_: argparse.Namespace) -> int:
         "--loglevel=INFO",
     ]
     app.worker_main(argv)
+    return 0
+
+
+def cmd_metrics_targets(args: argparse.Namespace) -> int:
+    """Registered workers' metrics endpoints as Prometheus file_sd targets, on stdout or atomically to a file."""
+    import json
+    import os
+
+    import redis
+
+    from service.metrics import file_sd_targets
+    from service.store import WorkerRegistry
+
+    settings = ApiSettings()
+    registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url), settings.key_prefix)
+    text = json.dumps(file_sd_targets(registry.workers()), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="")
+        return 0
+    partial = Path(f"{args.output}.tmp")
+    partial.write_text(text)
+    os.replace(partial, args.output)  # Prometheus never reads a half-written file
     return 0
 
 
@@ -82,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
         "CHRONOEDIT_PORT": str(settings.port),
+        **_embedded_observability(settings),
     }
     children: list[Child] = []
     stopping = False
@@ -111,6 +143,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("stopping the embedded stack ...", file=sys.stderr)
         for child in reversed(children):
             child.stop()
+
+
+def _embedded_observability(settings: ApiSettings) -> dict[str, str]:
+    """Plain log lines (read by people, in var/logs) and a free worker metrics port (two demos on one machine must
+    not clash), unless the environment chose otherwise."""
+    from worker.settings import WorkerSettings
+
+    env = {}
+    if "log_format" not in settings.model_fields_set:
+        env["CHRONOEDIT_LOG_FORMAT"] = "plain"
+    if "metrics_port" not in WorkerSettings().model_fields_set:
+        env["CHRONOEDIT_METRICS_PORT"] = "0"
+    return env
 
 
 def _model_dir(data: Path) -> Path:
@@ -164,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
     sub.add_parser("worker", help="run a GPU worker (Celery)").set_defaults(func=cmd_worker)
+    targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
+    targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    targets.set_defaults(func=cmd_metrics_targets)
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random ChronoEdit checkpoint")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)

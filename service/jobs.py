@@ -76,6 +76,8 @@ class JobRecord(BaseModel):
     worker: str | None = None
     outputs: dict[str, StoredFile] = Field(default_factory=dict)
     error: JobError | None = None
+    request_id: str | None = None
+    """The `X-Request-ID` of the request that created the job, so the worker's log lines carry it."""
 
 
 def input_key(job_id: str, extension: str) -> str:

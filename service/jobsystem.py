@@ -35,6 +35,7 @@ class JobSystem:
         self.storage.put(job.input.key, input_data, job.input.content_type)
         self.store.create(job)
         publish(self.celery, job)
+        logger.info("job %s submitted", job.id, extra={"job_id": job.id})
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.store.get(job_id)

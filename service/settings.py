@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.logs import LogFormat
 
 
 class CommonSettings(BaseSettings):
@@ -39,6 +41,14 @@ class CommonSettings(BaseSettings):
         6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
     )
 
+    log_format: LogFormat = Field("json", description="`json` (one object per line) or `plain` log lines.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_s3(self) -> CommonSettings:
         if self.storage_backend == "s3" and not self.s3_bucket:
@@ -63,3 +73,7 @@ class ApiSettings(CommonSettings):
         5.0, gt=0, description="How often the API re-enqueues jobs whose worker lease expired."
     )
     ready_worker_required: bool = Field(True, description="`/readyz` needs at least one ready worker.")
+    metrics_queues: list[str] = Field(
+        default_factory=lambda: ["edits"],
+        description="Celery queues whose depth `/metrics` reports, besides those registered workers consume.",
+    )

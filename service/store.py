@@ -13,6 +13,7 @@ from typing import Any, cast
 import redis
 
 from service.jobs import JobError, JobRecord, JobStatus, StoredFile
+from service.metrics import record_terminal
 
 Transition = Callable[[JobRecord], JobRecord | None]
 """Takes the current record and returns the new one, or None to leave it unchanged."""
@@ -47,7 +48,8 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         return None
-                    new = transition(JobRecord.model_validate_json(raw))
+                    old = JobRecord.model_validate_json(raw)
+                    new = transition(old)
                     if new is None:
                         return None
                     pipe.multi()
@@ -57,6 +59,7 @@ class JobStore:
                     else:
                         pipe.zrem(self._leases, job_id)
                     pipe.execute()
+                    record_terminal(old, new)  # after the commit: a job is counted once, by whoever finished it
                     return new
                 except redis.WatchError:
                     continue

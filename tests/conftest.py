@@ -63,6 +63,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
                 "CHRONOEDIT_MAX_IMAGE_BYTES": str(2 * 1024 * 1024),
                 "CHRONOEDIT_MAX_IMAGE_PIXELS": str(4_000_000),
                 "CHRONOEDIT_FETCH_ALLOW_HOSTS": '["127.0.0.1"]',
+                "CHRONOEDIT_METRICS_PORT": "0",  # many workers on one machine; each publishes its port
                 **env,
             },
         )

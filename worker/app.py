@@ -12,9 +12,11 @@ import signal
 from typing import Any
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
+from service.logs import log_context
 from service.queue import RUN_EDIT_TASK, make_celery
+from worker.logs import configure_worker_logging
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
 
@@ -29,6 +31,12 @@ class _Process:
     """The runtime of this pool child; set once at process start, never inside a task."""
 
     runtime: WorkerRuntime | None = None
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """Connected, so Celery leaves logging to us: every line (Celery's own too) in CHRONOEDIT_LOG_FORMAT."""
+    configure_worker_logging(settings)
 
 
 @worker_process_init.connect
@@ -54,4 +62,5 @@ def run_edit(job_id: str) -> None:
     runtime = _Process.runtime
     if runtime is None:  # only if loading failed and the worker is shutting down: give the job back
         raise Reject("this worker process has no loaded pipeline", requeue=True)
-    runtime.execute(job_id)
+    with log_context(job_id=job_id):
+        runtime.execute(job_id)

@@ -23,8 +23,11 @@ from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.runner import EditRequest, EditResult, EditRunner
 from service.jobs import JobRecord, StoredFile, attempt_prefix, output_key
+from service.logs import bind_log_context
+from service.metrics import init_job_series
 from service.storage import ObjectNotFound, StorageError, make_storage
 from service.store import JobStore, WorkerRegistry
+from worker.metrics import StepTimer, WorkerMetrics, job_claimed, scrape_target, start_exporter, timed_stage
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -54,13 +57,17 @@ class WorkerRuntime:
         self.state = "starting"
         self.error: str | None = None
         self.current: CurrentJob | None = None
+        self.metrics = WorkerMetrics(settings.worker_name)
+        self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
     # --- start and registration --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Announce, load the pipeline, become ready. Raises if the model cannot be loaded."""
+        """Serve metrics, announce, load the pipeline, become ready. Raises if the model cannot be loaded."""
+        init_job_series()
+        self.metrics_port = start_exporter(self.settings, self.placement.device)
         self._heartbeat.start()
         self._set_state("loading")
         started = time.monotonic()
@@ -73,6 +80,7 @@ class WorkerRuntime:
             self._set_state("setup_failed")
             raise
         self.load_seconds = time.monotonic() - started
+        self.metrics.model_loaded(self.load_seconds)
         logger.info("worker %s ready in %.1f s", self.settings.worker_name, self.load_seconds)
         self._set_state("ready")
 
@@ -92,6 +100,8 @@ class WorkerRuntime:
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "queues": self.settings.queues,
             "job_id": self.current.job_id if self.current else None,
+            "metrics_port": self.metrics_port,
+            "metrics_target": scrape_target(self.settings, self.metrics_port) if self.metrics_port else None,
         }
 
     def _set_state(self, state: str) -> None:
@@ -99,6 +109,7 @@ class WorkerRuntime:
         self._announce()
 
     def _announce(self) -> None:
+        self.metrics.report(self.state, busy=self.current is not None)
         self.registry.announce(self.settings.worker_name, self.info(), ttl_seconds=3 * self.settings.heartbeat_seconds)
 
     def _heartbeat_loop(self) -> None:
@@ -119,6 +130,8 @@ class WorkerRuntime:
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
             return
+        bind_log_context(request_id=job.request_id, attempt=job.attempt)
+        job_claimed(job, self.placement.device)
         self.current = CurrentJob(job_id, job.attempt)
         self._announce()
         try:
@@ -126,6 +139,8 @@ class WorkerRuntime:
             if not self.store.succeed(job_id, job.attempt, outputs):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
+            else:
+                logger.info("job succeeded", extra={"end_to_end_s": round(time.time() - job.created_at, 6)})
         except JobFailed as exc:
             self._fail(job, exc.code, exc.message)
         except Exception as exc:
@@ -136,13 +151,18 @@ class WorkerRuntime:
             self._announce()
 
     def _fail(self, job: JobRecord, code: str, message: str) -> None:
-        logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message)
+        logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
         self.store.fail(job.id, job.attempt, code, message)
 
     def _run(self, job: JobRecord) -> dict[str, StoredFile]:
-        image = self._read_input(job)
-        result = self._denoise(job, image)
-        return self._upload(job, result)
+        with timed_stage(job, "input_load"):
+            image = self._read_input(job)
+        with timed_stage(job, "inference"):
+            result = self._denoise(job, image)
+        with timed_stage(job, "encode"):
+            files = self._encode(job, result)
+        with timed_stage(job, "upload"):
+            return self._upload(job, files, result.image.size)
 
     def _read_input(self, job: JobRecord) -> Any:
         try:
@@ -170,7 +190,10 @@ class WorkerRuntime:
             flow_shift=p.flow_shift,
         )
 
+        step_timer = StepTimer(job)
+
         def on_step(step: int, total: int) -> None:
+            step_timer(step, total)
             self.store.set_progress(job.id, job.attempt, step, total)
 
         try:
@@ -182,13 +205,19 @@ class WorkerRuntime:
         except ChronoEditError as exc:
             raise JobFailed(exc.code, exc.message) from exc
 
-    def _upload(self, job: JobRecord, result: EditResult) -> dict[str, StoredFile]:
+    def _encode(self, job: JobRecord, result: EditResult) -> dict[str, tuple[str, bytes, str]]:
+        """Each requested output as (file name, bytes, content type)."""
         files: dict[str, tuple[str, bytes, str]] = {}
         if "image" in job.params.outputs:
             files["image"] = ("image.png", encode_png(result.image), "image/png")
         if "video" in job.params.outputs:
             files["video"] = ("video.mp4", encode_mp4(result.frames, fps=job.params.fps), "video/mp4")
-        width, height = result.image.size
+        return files
+
+    def _upload(
+        self, job: JobRecord, files: dict[str, tuple[str, bytes, str]], size: tuple[int, int]
+    ) -> dict[str, StoredFile]:
+        width, height = size
         stored: dict[str, StoredFile] = {}
         for name, (filename, data, content_type) in files.items():
             key = output_key(job.id, job.attempt, filename)

@@ -24,3 +24,11 @@ class WorkerSettings(CommonSettings):
     )
     max_image_bytes: int = Field(100 * 1024 * 1024, description="Largest input the worker will decode.")
     max_image_pixels: int = Field(100_000_000, description="Largest input area the worker will decode.")
+    metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus exporter binds to.")
+    metrics_port: int = Field(
+        9400,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus exporter (plus the pool child's index); 0 picks a free port, "
+        "published in the worker registry as `metrics_port`.",
+    )

@@ -1,0 +1,124 @@
+"""The Prometheus contract: every metric family the service exports, and the families the API and workers share.
+
+Names and labels are stable because dashboards and alert rules depend on them (`deploy/prometheus`,
+`deploy/grafana`; tests check those only use names listed in `FAMILIES`). Labels stay low-cardinality: never job or
+tenant ids, and HTTP routes as templates.
+
+Where each family is exported: the API serves `/metrics`; each worker process runs its own exporter
+(`worker/metrics.py`). Jobs are counted by whichever process makes the terminal transition (`JobStore.update`
+calls `record_terminal`), so `sum(chronoedit_jobs_total)` over all targets counts each job exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from prometheus_client import Counter, Histogram
+
+from service.jobs import JobRecord, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One exported family: its Prometheus type, labels, and which processes export it."""
+
+    type: Literal["counter", "gauge", "histogram"]
+    labels: tuple[str, ...]
+    exported_by: frozenset[Literal["api", "worker"]]
+    gpu_only: bool = False
+
+
+_BOTH: frozenset[Literal["api", "worker"]] = frozenset({"api", "worker"})
+_API: frozenset[Literal["api", "worker"]] = frozenset({"api"})
+_WORKER: frozenset[Literal["api", "worker"]] = frozenset({"worker"})
+
+FAMILIES: dict[str, Family] = {
+    "chronoedit_jobs_total": Family("counter", ("kind", "mode", "status"), _BOTH),
+    "chronoedit_job_stage_seconds": Family("histogram", ("kind", "mode", "stage"), _BOTH),
+    "chronoedit_denoise_step_seconds": Family("histogram", ("kind", "mode"), _WORKER),
+    "chronoedit_queue_depth": Family("gauge", ("queue",), _API),
+    "chronoedit_worker_busy": Family("gauge", ("worker",), _WORKER),
+    "chronoedit_worker_ready": Family("gauge", ("worker",), _WORKER),
+    "chronoedit_model_load_seconds": Family("gauge", ("worker",), _WORKER),
+    "chronoedit_gpu_memory_bytes": Family("gauge", ("gpu", "kind"), _WORKER, gpu_only=True),
+    "chronoedit_webhook_deliveries_total": Family("counter", ("outcome",), _BOTH),
+    "chronoedit_http_requests_total": Family("counter", ("route", "method", "status"), _API),
+    "chronoedit_http_request_seconds": Family("histogram", ("route", "method"), _API),
+}
+"""The contract. Counter names carry `_total` here, as they appear in the exposition."""
+
+Stage = Literal["queue_wait", "input_load", "inference", "encode", "upload", "end_to_end"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+
+STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800)
+"""0.05 s to 30 min: a tiny-model CPU job's encode step up to a slow 14B job's end to end."""
+
+WebhookOutcome = Literal["success", "http_error", "network_error", "refused"]
+"""Per delivery attempt: a 2xx answer; another status; no answer (connect error, timeout); target refused by policy."""
+
+KNOWN_KINDS_MODES = (("edit", "standard"),)
+"""Label combinations created at zero on start, so `rate()` sees a job's first increment. Add lanes here."""
+
+JOBS = Counter(
+    "chronoedit_jobs",
+    "Jobs that reached a terminal state, counted once by the process that made the transition.",
+    ["kind", "mode", "status"],
+)
+JOB_STAGE_SECONDS = Histogram(
+    "chronoedit_job_stage_seconds",
+    "Seconds spent per job stage. queue_wait: created to first claim; end_to_end: created to succeeded.",
+    ["kind", "mode", "stage"],
+    buckets=STAGE_BUCKETS,
+)
+WEBHOOK_DELIVERIES = Counter("chronoedit_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])
+
+
+def job_labels(job: JobRecord) -> tuple[str, str]:
+    """(kind, mode) of a job. Every job is a standard edit until the record grows a `mode` (fast, reasoning lanes);
+    this is the one place that then changes."""
+    return job.kind, str(getattr(job, "mode", "standard"))
+
+
+def init_job_series() -> None:
+    """Create the known label combinations at zero (a series that appears at 1 hides its first increment)."""
+    for kind, mode in KNOWN_KINDS_MODES:
+        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            JOBS.labels(kind, mode, status.value)
+    for outcome in get_args(WebhookOutcome):
+        WEBHOOK_DELIVERIES.labels(outcome)
+
+
+def observe_stage(job: JobRecord, stage: Stage, seconds: float) -> None:
+    """Record one stage duration of `job`."""
+    JOB_STAGE_SECONDS.labels(*job_labels(job), stage).observe(max(seconds, 0.0))
+
+
+def record_terminal(before: JobRecord, after: JobRecord) -> None:
+    """Count a job that just reached a terminal state, once; a success also records its end-to-end time.
+
+    Called by `JobStore.update` after its transaction committed, so a retried or lost transaction never counts.
+    """
+    if before.status.is_terminal() or not after.status.is_terminal():
+        return
+    kind, mode = job_labels(after)
+    JOBS.labels(kind, mode, after.status.value).inc()
+    if after.status == JobStatus.SUCCEEDED and after.finished_at is not None:
+        observe_stage(after, "end_to_end", after.finished_at - after.created_at)
+
+
+def file_sd_targets(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prometheus `file_sd_configs` content for the registered workers that publish a metrics endpoint."""
+    targets = sorted({str(worker["metrics_target"]) for worker in workers if worker.get("metrics_target")})
+    return [{"targets": targets, "labels": {}}] if targets else []
+
+
+def record_webhook_delivery(outcome: WebhookOutcome) -> None:
+    """Count one webhook delivery attempt. Raises ValueError for an outcome outside `WebhookOutcome` (labels stay
+    bounded)."""
+    if outcome not in get_args(WebhookOutcome):
+        raise ValueError(f"unknown webhook outcome {outcome!r}; expected one of {get_args(WebhookOutcome)}")
+    WEBHOOK_DELIVERIES.labels(outcome).inc()

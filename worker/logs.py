@@ -1,0 +1,19 @@
+"""The worker's log set-up: the service's JSON (or plain) lines, every line tagged with the worker's name, and the
+model libraries' messages folded in (diffusers and transformers otherwise print through handlers of their own)."""
+
+from __future__ import annotations
+
+from service.logs import configure_logging
+from worker.settings import WorkerSettings
+
+
+def configure_worker_logging(settings: WorkerSettings) -> None:
+    """Configure logging for a worker process; call it before the model libraries are imported to catch their
+    import-time warnings too."""
+    configure_logging(settings.log_format, settings.log_level, static={"worker": settings.worker_name})
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
