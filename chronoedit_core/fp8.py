@@ -21,6 +21,10 @@ ROW_MULTIPLE = 16  # _scaled_mm wants every dimension divisible by 16
 
 
 class Fp8Linear(nn.Module):
+    linear: nn.Linear
+    weight_fp8: torch.Tensor
+    weight_scale: torch.Tensor
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear

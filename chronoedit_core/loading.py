@@ -57,15 +57,22 @@ def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
     transformers.utils.logging.disable_progress_bar()
     logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
     # On a GPU the weights go straight from disk to the device (no full copy in host memory first).
-    direct = {"device_map": placement.device} if placement.device == "cuda" else {}
+    # Measured on an H200 (bench/results/cold_start_h200.json) it is no faster than loading to host memory first:
+    # both are bound by the disk's ~1 GB/s.
+    device_map = placement.device if placement.device == "cuda" else None
     image_encoder = CLIPVisionModel.from_pretrained(
-        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, **direct
+        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, device_map=device_map
     )
     vae = AutoencoderKLWan.from_pretrained(
-        model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, **direct
+        model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, device_map=device_map
     )
     pipe = ChronoEditPipeline.from_pretrained(
-        model_dir, image_encoder=image_encoder, vae=vae, dtype=placement.dtype, local_files_only=True, **direct
+        model_dir,
+        image_encoder=image_encoder,
+        vae=vae,
+        dtype=placement.dtype,
+        local_files_only=True,
+        device_map=device_map,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe if direct else pipe.to(placement.device)
+    return pipe if device_map else pipe.to(placement.device)

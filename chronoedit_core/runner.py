@@ -144,6 +144,9 @@ class EditRunner:
             raise ValueError(
                 f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
             )
+        if request.fp8 and not self.options.fp8:
+            message = "this worker was not started with FP8 weights (CHRONOEDIT_FP8)"
+            raise ChronoEditError(message, code="fp8_unavailable")
         guided = request.guidance_scale > 1
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=request.prompt,
@@ -213,7 +216,7 @@ class EditRunner:
         return _StepCache(self.pipe.transformer, threshold)
 
 
-def _compile_blocks(transformer: torch.nn.Module) -> None:
+def _compile_blocks(transformer: Any) -> None:
     """Regional compilation: each repeated block's `forward` is compiled (shapes: 5 and 29 frames compile once each).
 
     Unlike `compile_repeated_blocks`, which compiles the module call, this leaves room for diffusers' cache hooks to

@@ -44,6 +44,8 @@ def build_job(edit: EditCreate, data: bytes, settings: ApiSettings) -> JobRecord
         height=output[1],
         outputs=edit.outputs,
         fps=edit.fps,
+        fp8=edit.fp8,
+        step_cache=edit.step_cache,
     )
     stored = StoredFile(
         key=input_key(job_id, EXTENSIONS[decoded.format]),

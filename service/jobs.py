@@ -40,6 +40,8 @@ class EditParams(BaseModel):
     height: int
     outputs: list[OutputName]
     fps: int = 16
+    fp8: bool = False
+    step_cache: float | None = None
 
 
 class StoredFile(BaseModel):

@@ -38,6 +38,12 @@ class EditCreate(BaseModel):
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output height; default: size rule.")
     outputs: list[OutputName] = Field(default=["image"], min_length=1, max_length=2, description="Files to produce.")
     fps: int = Field(16, ge=1, le=60, description="Frame rate of the `video` output.")
+    fp8: bool = Field(
+        False, description="Faster, approximate: FP8 matrix multiplies (needs a worker started with CHRONOEDIT_FP8)."
+    )
+    step_cache: float | None = Field(
+        None, gt=0, le=0.5, description="Faster, approximate: FirstBlockCache threshold (e.g. 0.05); off when absent."
+    )
     image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the input image.")
     image_base64: str | None = Field(None, description="JSON only: the input image, base64-encoded.")
 
@@ -80,6 +86,8 @@ class EditParamsView(BaseModel):
     height: int
     outputs: list[OutputName]
     fps: int
+    fp8: bool
+    step_cache: float | None
 
 
 class FileView(BaseModel):

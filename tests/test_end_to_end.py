@@ -201,3 +201,25 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"redis": "ok", "storage": "ok", "worker": "ok"}}
+
+
+def test_speed_options_are_job_options(client: httpx.Client) -> None:
+    """`step_cache` is recorded and changes the output; `fp8` on a worker without FP8 weights fails clearly."""
+    body = {
+        "prompt": "x",
+        "seed": 9,
+        "num_inference_steps": 8,
+        "width": 64,
+        "height": 48,
+        "image_base64": base64.b64encode(sample_image(64, 48)).decode(),
+    }
+    exact = wait_job(client, client.post("/v1/edits", json=body).json()["id"])
+    cached = wait_job(client, client.post("/v1/edits", json={**body, "step_cache": 0.5}).json()["id"])
+    assert cached["status"] == "succeeded" and cached["params"]["step_cache"] == 0.5
+    pixels = [
+        np.asarray(Image.open(io.BytesIO(download(j["outputs"]["image"]["url"])))).astype(int) for j in (exact, cached)
+    ]
+    assert np.abs(pixels[0] - pixels[1]).max() > 2
+
+    fp8 = wait_job(client, client.post("/v1/edits", json={**body, "fp8": True}).json()["id"])
+    assert fp8["status"] == "failed" and fp8["error"]["code"] == "fp8_unavailable"

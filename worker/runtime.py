@@ -11,17 +11,18 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 import torch
+from PIL import Image
 
 from chronoedit_core.encoding import encode_mp4, encode_png
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
-from chronoedit_core.runner import EditRequest, EditResult, EditRunner
+from chronoedit_core.runner import EditRequest, EditResult, EditRunner, RunnerOptions
 from service.jobs import JobRecord, StoredFile, attempt_prefix, output_key
 from service.logs import bind_log_context
 from service.metrics import init_job_series
@@ -74,7 +75,8 @@ class WorkerRuntime:
         try:
             if self.settings.model_dir is None:
                 raise ChronoEditError("CHRONOEDIT_MODEL_DIR is not set", code="model_load_failed")
-            self.runner = EditRunner(load_pipeline(self.settings.model_dir, self.placement))
+            self.runner = EditRunner(load_pipeline(self.settings.model_dir, self.placement), self._runner_options())
+            self._warm_up()
         except Exception as exc:
             self.error = str(exc)
             self._set_state("setup_failed")
@@ -83,6 +85,26 @@ class WorkerRuntime:
         self.metrics.model_loaded(self.load_seconds)
         logger.info("worker %s ready in %.1f s", self.settings.worker_name, self.load_seconds)
         self._set_state("ready")
+
+    def _runner_options(self) -> RunnerOptions:
+        compile_blocks = self.settings.compile
+        if compile_blocks is None:
+            compile_blocks = self.placement.device.startswith("cuda")
+        return RunnerOptions(
+            compile=compile_blocks, attention_backend=self.settings.attention_backend, fp8=self.settings.fp8
+        )
+
+    def _warm_up(self) -> None:
+        """With compilation on, pay it now rather than in the first job: one step at the default 1280x720 size."""
+        assert self.runner is not None
+        if not self.runner.options.compile:
+            return
+        started = time.monotonic()
+        request = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
+        self.runner.run(request, Image.new("RGB", (1280, 720)))
+        if self.runner.options.fp8:
+            self.runner.run(replace(request, fp8=True), Image.new("RGB", (1280, 720)))
+        logger.info("compiled and warmed up in %.1f s", time.monotonic() - started)
 
     def stop(self) -> None:
         self._stop.set()
@@ -188,6 +210,8 @@ class WorkerRuntime:
             num_inference_steps=p.num_inference_steps,
             guidance_scale=p.guidance_scale,
             flow_shift=p.flow_shift,
+            fp8=p.fp8,
+            step_cache_threshold=p.step_cache,
         )
 
         step_timer = StepTimer(job)

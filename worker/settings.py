@@ -22,6 +22,13 @@ class WorkerSettings(CommonSettings):
     proc_alive_timeout_seconds: float = Field(
         600.0, gt=0, description="How long Celery waits for a child to load the model (DESIGN.md: above load time)."
     )
+    compile: bool | None = Field(
+        None, description="Regional torch.compile of the transformer blocks, paid at start; default: on for CUDA."
+    )
+    attention_backend: str | None = Field(
+        None, description="diffusers attention backend name; default: PyTorch SDPA (fastest measured on H200)."
+    )
+    fp8: bool = Field(False, description="Prepare FP8 weight copies so jobs may ask for `fp8` (Hopper GPUs).")
     max_image_bytes: int = Field(100 * 1024 * 1024, description="Largest input the worker will decode.")
     max_image_pixels: int = Field(100_000_000, description="Largest input area the worker will decode.")
     metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus exporter binds to.")

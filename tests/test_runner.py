@@ -1,0 +1,99 @@
+"""The project's denoising loop against the stock diffusers pipeline on the tiny model (CPU, float32)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler
+from PIL import Image
+
+from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.loading import Placement, load_pipeline
+from chronoedit_core.runner import EditRequest, EditRunner, EditStopped
+from tests.reference import stock_pipeline
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model: Path) -> EditRunner:
+    return EditRunner(load_pipeline(tiny_model, Placement.resolve("cpu")))
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+def stock_frames(model: Path, request: EditRequest, image: Image.Image) -> np.ndarray:
+    pipe = stock_pipeline(model)
+    pipe.scheduler = UniPCMultistepScheduler.from_config(
+        pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=request.flow_shift
+    )
+    frames = pipe(
+        image=image,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+        enable_temporal_reasoning=request.temporal_reasoning,
+        num_temporal_reasoning_steps=request.reasoning_steps or 0,
+    ).frames[0]
+    return (frames * 255).clip(0, 255).astype("uint8")
+
+
+BASE = EditRequest(prompt="The user wants to make it red.", width=64, height=48, seed=5, num_inference_steps=4)
+CASES = {
+    "cfg": BASE,
+    "no_cfg_flow_shift_2": dataclasses.replace(BASE, guidance_scale=1.0, flow_shift=2.0),
+    "negative_prompt": dataclasses.replace(BASE, negative_prompt="blurry", guidance_scale=3.0),
+    "reasoning_all_steps": dataclasses.replace(BASE, temporal_reasoning=True, reasoning_steps=4),
+    "reasoning_dropped_after_2": dataclasses.replace(BASE, temporal_reasoning=True, reasoning_steps=2),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_frame_equals_stock(runner: EditRunner, tiny_model: Path, image: Image.Image, name: str) -> None:
+    request = CASES[name]
+    ours = np.stack([np.asarray(f) for f in runner.run(request, image).frames])
+    expected = stock_frames(tiny_model, request, image)
+    assert ours.shape == expected.shape
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_reasoning_renders_29_frames(runner: EditRunner, image: Image.Image) -> None:
+    assert len(runner.run(CASES["reasoning_all_steps"], image).frames) == 29
+    assert len(runner.run(CASES["reasoning_dropped_after_2"], image).frames) == 5
+
+
+def test_step_cache_is_opt_in_and_leaves_no_trace(runner: EditRunner, image: Image.Image) -> None:
+    request = dataclasses.replace(BASE, num_inference_steps=8)
+    exact = np.asarray(runner.run(request, image).image).astype(int)
+    cached = np.asarray(runner.run(dataclasses.replace(request, step_cache_threshold=0.5), image).image).astype(int)
+    again = np.asarray(runner.run(request, image).image).astype(int)
+    assert np.abs(exact - cached).max() > 2, "a generous threshold skips steps and changes the output"
+    assert np.array_equal(exact, again), "after a cached job the exact mode is exact again"
+
+
+def test_step_callback_can_stop_between_steps(runner: EditRunner, image: Image.Image) -> None:
+    seen: list[int] = []
+
+    def stop_after_two(step: int, total: int) -> bool:
+        seen.append(step)
+        return step < 2
+
+    with pytest.raises(EditStopped) as stopped:
+        runner.run(BASE, image, on_step=stop_after_two)
+    assert stopped.value.steps_done == 2 and seen == [1, 2]
+
+
+def test_fp8_needs_a_worker_prepared_for_it(runner: EditRunner, image: Image.Image) -> None:
+    with pytest.raises(ChronoEditError) as error:
+        runner.run(dataclasses.replace(BASE, fp8=True), image)
+    assert error.value.code == "fp8_unavailable"
