@@ -11,6 +11,8 @@ import torch
 from diffusers import ChronoEditPipeline, UniPCMultistepScheduler
 from PIL import Image
 
+from chronoedit_core.runner import EditRequest
+
 
 @cache
 def stock_pipeline(model_dir: Path) -> ChronoEditPipeline:
@@ -19,22 +21,39 @@ def stock_pipeline(model_dir: Path) -> ChronoEditPipeline:
     return pipe
 
 
-def stock_last_frame(model_dir: Path, image_bytes: bytes, params: dict) -> np.ndarray:
-    """The edited image the stock pipeline gives for these parameters, as uint8 HxWx3."""
+def stock_frames(model_dir: Path, request: EditRequest, image: Image.Image) -> np.ndarray:
+    """Every frame the stock pipeline renders for `request`, as uint8 NxHxWx3 (the official conversion)."""
     pipe = stock_pipeline(model_dir)
     pipe.scheduler = UniPCMultistepScheduler.from_config(
-        pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=params["flow_shift"]
+        pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=request.flow_shift
     )
-    image = Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((params["width"], params["height"]))
     frames = pipe(
         image=image,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+        enable_temporal_reasoning=request.temporal_reasoning,
+        num_temporal_reasoning_steps=request.reasoning_steps or 0,
+    ).frames[0]
+    return (frames * 255).clip(0, 255).astype("uint8")
+
+
+def stock_last_frame(model_dir: Path, image_bytes: bytes, params: dict) -> np.ndarray:
+    """The edited image for API-style parameters; the input is resized as the official scripts do."""
+    request = EditRequest(
         prompt=params["prompt"],
         negative_prompt=params["negative_prompt"],
-        height=params["height"],
         width=params["width"],
-        num_frames=5,
+        height=params["height"],
+        seed=params["seed"],
         num_inference_steps=params["num_inference_steps"],
         guidance_scale=params["guidance_scale"],
-        generator=torch.Generator("cpu").manual_seed(params["seed"]),
-    ).frames[0]
-    return (frames[-1] * 255).clip(0, 255).astype("uint8")
+        flow_shift=params["flow_shift"],
+    )
+    image = Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((request.width, request.height))
+    return stock_frames(model_dir, request, image)[-1]

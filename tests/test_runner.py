@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import UniPCMultistepScheduler
 from PIL import Image
 
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.runner import EditRequest, EditRunner, EditStopped
-from tests.reference import stock_pipeline
+from tests.reference import stock_frames
 
 
 @pytest.fixture(scope="module")
@@ -25,27 +23,6 @@ def runner(tiny_model: Path) -> EditRunner:
 @pytest.fixture(scope="module")
 def image() -> Image.Image:
     return Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-
-
-def stock_frames(model: Path, request: EditRequest, image: Image.Image) -> np.ndarray:
-    pipe = stock_pipeline(model)
-    pipe.scheduler = UniPCMultistepScheduler.from_config(
-        pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=request.flow_shift
-    )
-    frames = pipe(
-        image=image,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        height=request.height,
-        width=request.width,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        enable_temporal_reasoning=request.temporal_reasoning,
-        num_temporal_reasoning_steps=request.reasoning_steps or 0,
-    ).frames[0]
-    return (frames * 255).clip(0, 255).astype("uint8")
 
 
 BASE = EditRequest(prompt="The user wants to make it red.", width=64, height=48, seed=5, num_inference_steps=4)
