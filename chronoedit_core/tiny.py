@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, ChronoEditPipeline, ChronoEditTransformer3DModel, UniPCMultistepScheduler
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     CLIPImageProcessor,
@@ -112,3 +113,24 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     build_tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def write_tiny_lora(path: Path, seed: int, key_format: str = "diffusers", rank: int = 4) -> Path:
+    """A random LoRA for the tiny transformer's attention projections, in diffusers' keys or the original Wan keys."""
+    generator = torch.Generator().manual_seed(seed)
+    inner = 24  # heads x head_dim of the tiny transformer
+    wan_names = {"attn1": "self_attn", "attn2": "cross_attn"}
+    projections = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+    tensors: dict[str, torch.Tensor] = {}
+    for block in range(2):
+        for attention, wan_attention in wan_names.items():
+            for projection, wan_projection in projections.items():
+                if key_format == "wan":
+                    prefix = f"diffusion_model.blocks.{block}.{wan_attention}.{wan_projection}"
+                else:
+                    prefix = f"transformer.blocks.{block}.{attention}.{projection}"
+                tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, inner, generator=generator) * 0.5
+                tensors[f"{prefix}.lora_B.weight"] = torch.randn(inner, rank, generator=generator) * 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -21,9 +21,11 @@ def stock_pipeline(model_dir: Path) -> ChronoEditPipeline:
     return pipe
 
 
-def stock_frames(model_dir: Path, request: EditRequest, image: Image.Image) -> np.ndarray:
+def stock_frames(
+    model_dir: Path, request: EditRequest, image: Image.Image, pipe: ChronoEditPipeline | None = None
+) -> np.ndarray:
     """Every frame the stock pipeline renders for `request`, as uint8 NxHxWx3 (the official conversion)."""
-    pipe = stock_pipeline(model_dir)
+    pipe = pipe or stock_pipeline(model_dir)
     pipe.scheduler = UniPCMultistepScheduler.from_config(
         pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=request.flow_shift
     )
