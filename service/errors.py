@@ -23,9 +23,17 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error a client can act on."""
 
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers or {}
 
 
 def not_found(what: str) -> ApiError:
@@ -43,6 +51,8 @@ FIELD_CODES = {
 """Validation errors on these fields get a more precise code than the generic `invalid_parameter`."""
 
 STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+RETRY_AFTER_HEADER = "Retry-After"
 
 
 def request_id(request: Request) -> str:
@@ -78,7 +88,9 @@ def core_error_status(exc: ChronoEditError) -> int:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.message, exc.details)
+        response = error_response(request, exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(ChronoEditError)
     async def _core_error(request: Request, exc: ChronoEditError) -> JSONResponse:

@@ -3,6 +3,7 @@ the API, each a separate process on free loopback ports. Nothing is mocked."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -23,6 +24,8 @@ S3_ENV = {
     "CHRONOEDIT_S3_REGION": "us-east-1",
     "CHRONOEDIT_S3_CREATE_BUCKET": "true",
 }
+DEFAULT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-default-webhook-secret-32b!").decode()
+"""Signs webhooks of jobs submitted without a key (the stacks run in the anonymous loopback mode)."""
 
 
 def start_moto(log: Path) -> tuple[Child, str]:
@@ -57,6 +60,18 @@ class Stack:
         if wait_ready:
             self.wait_worker_ready(name, worker)
         return worker
+
+    def start_webhook_worker(self) -> Child:
+        """The webhook delivery worker (Celery, no model), as `chronoedit webhook-worker` runs it."""
+        log = self.logs / f"{self.name}-webhooks.log"
+        worker = Child("webhooks", python_module("service.cli", "webhook-worker"), self.env, log=log)
+        self.workers.append(worker)
+        return worker
+
+    def redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.env["CHRONOEDIT_REDIS_URL"])
 
     def wait_worker_ready(self, name: str, worker: Child, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
