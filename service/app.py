@@ -123,7 +123,7 @@ def _add_routes(app: FastAPI, settings: ApiSettings) -> None:
         request: Request,
         caller: Caller,
         contract: ContractDep,
-        idempotency_key: Annotated[str | None, IdempotencyKey] = None,
+        idempotency_key: IdempotencyKey = None,
         prefer: Annotated[str | None, Header(description="`wait=N` (N <= 60): answer when done or after N s.")] = None,
     ) -> JSONResponse:
         return await submit_edit(request, contract, caller, idempotency_key, prefer)

@@ -131,7 +131,7 @@ def _delivery(record: dict[str, Any]) -> Delivery:
     tags=["uploads"],
 )
 async def create_upload(
-    caller: Caller, contract: ContractDep, idempotency_key: Annotated[str | None, IdempotencyKey] = None
+    caller: Caller, contract: ContractDep, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     async def create() -> StoredResponse:
         input_key, url, expires = await run_in_threadpool(contract.uploads.create, caller.tenant)

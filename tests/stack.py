@@ -93,9 +93,7 @@ class Stack:
         result = subprocess.run(argv, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         fields = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
-        return ApiKeyInfo(
-            fields["key id"].strip(), fields["API key"].strip(), fields["webhook secret"].strip(), tenant
-        )
+        return ApiKeyInfo(fields["key id"].strip(), fields["API key"].strip(), fields["webhook secret"].strip(), tenant)
 
     def wait_worker_ready(self, name: str, worker: Child, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
