@@ -13,12 +13,10 @@ from fastapi.responses import JSONResponse
 
 from service.contract import Contract
 from service.deps import Caller, ContractDep
-from service.edits import render_job
 from service.errors import ApiError, install_error_handlers, not_found
-from service.jobs import JobRecord
 from service.jobsystem import JobSystem
 from service.openapi import build_openapi
-from service.routes_contract import IdempotencyKey
+from service.routes_contract import SUBMIT_RESPONSES, IdempotencyKey, document_webhooks
 from service.routes_contract import router as contract_router
 from service.schemas import ErrorResponse, JobView, Readiness
 from service.settings import ApiSettings
@@ -87,6 +85,7 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     app.middleware("http")(_request_id)
     _add_routes(app, settings)
     app.include_router(contract_router)
+    document_webhooks(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -107,14 +106,11 @@ Jobs = Annotated[JobSystem, Depends(get_jobs)]
 
 
 def _add_routes(app: FastAPI, settings: ApiSettings) -> None:
-    def view(job: JobRecord, request: Request, jobs: JobSystem) -> JobView:
-        return render_job(job, jobs.storage, str(request.base_url), settings.url_ttl_seconds)
-
     @app.post(
         "/v1/edits",
         status_code=202,
         response_model=JobView,
-        responses=ERRORS,
+        responses={**ERRORS, **SUBMIT_RESPONSES},
         openapi_extra={"requestBody": EDIT_REQUEST_BODY},
         summary="Submit an edit",
         tags=["edits"],

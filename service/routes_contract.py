@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,7 +15,7 @@ from service.errors import ApiError, not_found
 from service.idempotency import REPLAY_HEADER, StoredResponse, fingerprint
 from service.jobs import JobStatus
 from service.schemas import ErrorResponse, JobView
-from service.schemas_contract import Delivery, DeliveryList, JobList, UploadCreated, Uploaded
+from service.schemas_contract import Delivery, DeliveryList, JobList, UploadCreated, Uploaded, WebhookEvent
 from service.storage import LocalStorage
 from service.uploads import INPUT_KEY
 
@@ -36,6 +36,44 @@ IdempotencyKey = Annotated[
 ]
 
 router = APIRouter()
+
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView, "description": "`Prefer: wait=N` was given and the job finished within N seconds."},
+    202: {
+        "description": "The job was accepted (or, with `Prefer: wait=N`, had not finished after N seconds).",
+        "headers": {
+            "Location": {"schema": {"type": "string"}, "description": "The job's URL."},
+            "Idempotent-Replayed": {
+                "schema": {"type": "string", "enum": ["true"]},
+                "description": "This is the stored response of an earlier request with the same Idempotency-Key.",
+            },
+            "Preference-Applied": {"schema": {"type": "string"}, "description": "`wait=N` when it was honoured."},
+        },
+    },
+    409: ERR,
+    429: {"model": ErrorResponse, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}
+WEBHOOK_HEADERS = {
+    "webhook-id": "The delivery id; the same on every attempt and redelivery (deduplicate on it).",
+    "webhook-timestamp": "Unix seconds of this attempt; reject old ones.",
+    "webhook-signature": "`v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>` with the key's `whsec_` secret.",
+}
+
+
+def document_webhooks(app: FastAPI) -> None:
+    """Describe what the service POSTs to a job's `webhook` in the document's `webhooks` section (OpenAPI 3.1)."""
+
+    @app.webhooks.post(
+        "edit-event",
+        summary="A job event, delivered to the job's `webhook` URL",
+        description="Standard Webhooks: verify with any `standardwebhooks` library and the key's `whsec_` secret. "
+        "Answer 2xx within 10 s; anything else is retried with exponential backoff for about a day; `410 Gone` "
+        "stops. Redirects are not followed. Deliveries may arrive out of order: order by `timestamp`. "
+        + " ".join(f"`{name}`: {text}" for name, text in WEBHOOK_HEADERS.items()),
+        tags=["webhooks"],
+    )
+    def edit_event(body: WebhookEvent) -> None:
+        """Only documents the request; the service never serves this path."""
 
 
 @router.get("/v1/edits", response_model=JobList, responses=AUTH_ERRORS, summary="List edits", tags=["edits"])
@@ -130,9 +168,7 @@ def _delivery(record: dict[str, Any]) -> Delivery:
     summary="Get a URL to upload an input image directly",
     tags=["uploads"],
 )
-async def create_upload(
-    caller: Caller, contract: ContractDep, idempotency_key: IdempotencyKey = None
-) -> JSONResponse:
+async def create_upload(caller: Caller, contract: ContractDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     async def create() -> StoredResponse:
         input_key, url, expires = await run_in_threadpool(contract.uploads.create, caller.tenant)
         body = UploadCreated(input_key=input_key, upload_url=url, expires_at=expires)

@@ -51,3 +51,11 @@ class UploadCreated(BaseModel):
 class Uploaded(BaseModel):
     input_key: str
     bytes: int
+
+
+class WebhookEvent(BaseModel):
+    """The body of every webhook: the Standard Webhooks envelope around the job as `GET /v1/edits/{id}` shows it."""
+
+    type: Literal["edit.queued", "edit.started", "edit.progress", "edit.succeeded", "edit.failed", "edit.canceled"]
+    timestamp: datetime = Field(description="When the event happened (the same on every attempt).")
+    data: JobView

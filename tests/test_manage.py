@@ -131,4 +131,3 @@ def test_local_upload_and_retention(local: Stack) -> None:
         while (folder / upload["input_key"] / "image").exists():
             assert time.monotonic() < deadline, "the upload did not expire"
             time.sleep(0.3)
-

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.stack import Stack, sample_image, wait_job
+from tests.stack import sample_image, wait_job
 
 pytestmark = pytest.mark.stack
 
