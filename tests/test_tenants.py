@@ -103,3 +103,10 @@ def test_concurrent_job_quota_and_queue_position(locked: Stack) -> None:
         assert one["eta_seconds"] is None, "no finished job to estimate from yet"
         again = client.get(f"/v1/edits/{one['id']}", headers=key.headers).json()
         assert again["queue_position"] == one["queue_position"]
+
+
+def test_a_finished_job_frees_its_quota_slot(client: httpx.Client, stack: Stack) -> None:
+    key = stack.create_key("frank", "--max-concurrent", "1")
+    first = client.post("/v1/edits", json=EDIT, headers=key.headers).json()
+    wait_job(client, first["id"], headers=key.headers)
+    assert client.post("/v1/edits", json=EDIT, headers=key.headers).status_code == 202

@@ -134,3 +134,19 @@ def test_webhook_urls_are_checked_at_submit(client: httpx.Client) -> None:
         assert response.status_code == 422 and response.json()["error"]["code"] == code, (url, response.text)
     response = client.post("/v1/edits", json={"prompt": "x", "image_base64": image, "webhook_events": ["queued"]})
     assert response.json()["error"]["code"] == "invalid_parameter"
+
+
+def test_address_is_checked_again_at_delivery(make_stack, receiver: Receiver) -> None:
+    """The API allows the loopback receiver, but this webhook worker's allow-list is empty: as if the name had been
+    re-pointed at a private address after submit. Every attempt is refused before any request is sent."""
+    stack = make_stack("guarded")
+    stack.start_api()
+    stack.env["CHRONOEDIT_WEBHOOK_ALLOW_HOSTS"] = "[]"
+    stack.start_webhook_worker()
+    stack.start_worker("guarded-worker")
+    with stack.client() as client:
+        job = submit(client, webhook=f"{receiver.base_url}/guarded")
+        [delivery] = wait_delivery(client, job["id"], {})
+    assert delivery["status"] == "failed"
+    assert all(a["status_code"] is None and "refused" in a["error"] for a in delivery["attempts"])
+    assert receiver.requests("/guarded") == []
