@@ -55,7 +55,7 @@ def test_api_runs_without_torch(redis_server: str) -> None:
         os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/14"
         from fastapi.testclient import TestClient
         from service.app import create_app
-        import service.cli, service.jobsystem, service.storage, service.queue
+        import service.cli, service.jobsystem, service.storage, service.queue, service.webhook_worker
         with TestClient(create_app()) as client:
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 503
