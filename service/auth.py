@@ -13,6 +13,7 @@ import hashlib
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,6 +24,8 @@ from service.errors import ApiError
 from service.events import JobKeys
 from service.jobs import DEFAULT_TENANT
 
+RESERVATION_GRACE_SECONDS = 120.0
+"""A quota slot whose job record does not exist is someone's submission in flight until it is this old."""
 KEY_TOKEN_PREFIX = "ce_"  # noqa: S105 - a prefix that makes leaked keys recognisable, not a secret
 
 
@@ -130,11 +133,21 @@ class KeyStore:
 class Limits:
     """The per-key rate limit and concurrent-job quota, both answering 429 with `Retry-After`."""
 
-    def __init__(self, client: redis.Redis, keys: JobKeys, rate_limit: int, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: JobKeys,
+        rate_limit: int,
+        max_concurrent: int,
+        unfinished: Callable[[str, bool], bool],
+    ) -> None:
         self.client = client
         self.keys = keys
         self.rate_limit = rate_limit
         self.max_concurrent = max_concurrent
+        self.unfinished = unfinished
+        """Whether a job is unfinished (the flag: whether a missing record counts as finished); prunes slots that a
+        crashed API process left behind."""
 
     def check_rate(self, principal: Principal) -> None:
         if principal.key is None:
@@ -163,11 +176,13 @@ class Limits:
         limit = principal.key.max_concurrent_jobs or self.max_concurrent
         active = self.keys.active(owner)
         with self.client.pipeline() as pipe:
-            pipe.sadd(active, job_id)
-            pipe.scard(active)
+            pipe.zadd(active, {job_id: time.time()})
+            pipe.zcard(active)
             count = int(pipe.execute()[1])
         if count > limit:
-            self.client.srem(active, job_id)
+            count -= self._prune(active, job_id)
+        if count > limit:
+            self.client.zrem(active, job_id)
             raise ApiError(
                 429,
                 "concurrency_limit",
@@ -175,8 +190,20 @@ class Limits:
                 headers={"Retry-After": "5"},
             )
 
+    def _prune(self, active: str, job_id: str) -> int:
+        """Drop slots of jobs that finished or never got created (the store frees slots on finishing, but a process
+        that died between reserving and submitting leaves one); returns how many were dropped."""
+        young = time.time() - RESERVATION_GRACE_SECONDS
+        members = cast(list[tuple[bytes, float]], self.client.zrange(active, 0, -1, withscores=True))
+        stale = [
+            m.decode() for m, at in members if m.decode() != job_id and not self.unfinished(m.decode(), at < young)
+        ]
+        if stale:
+            self.client.zrem(active, *stale)
+        return len(stale)
+
     def release(self, owner: str, job_id: str) -> None:
-        self.client.srem(self.keys.active(owner), job_id)
+        self.client.zrem(self.keys.active(owner), job_id)
 
 
 def authenticate(keys: KeyStore, authorization: str | None, required: bool) -> Principal:

@@ -29,7 +29,9 @@ class Contract:
         self.jobs = jobs
         self.async_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         self.api_keys = KeyStore(jobs.redis, prefix)
-        self.limits = Limits(jobs.redis, keys, settings.rate_limit_per_minute, settings.max_concurrent_jobs)
+        self.limits = Limits(
+            jobs.redis, keys, settings.rate_limit_per_minute, settings.max_concurrent_jobs, self._unfinished
+        )
         self.idempotency = Idempotency(
             self.async_redis, prefix, settings.idempotency_ttl_seconds, settings.idempotency_wait_seconds
         )
@@ -39,6 +41,10 @@ class Contract:
         self.deliveries = Deliveries(jobs.redis, keys)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="retention", daemon=True)
+
+    def _unfinished(self, job_id: str, missing_is_finished: bool) -> bool:
+        job = self.jobs.get(job_id)
+        return not missing_is_finished if job is None else not job.status.is_terminal()
 
     def start(self) -> None:
         self._sweeper.start()

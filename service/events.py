@@ -112,7 +112,7 @@ def _index(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now:
         pipe.zrem(keys.queued, new.id)
     if new.status.is_terminal():
         pipe.zadd(keys.finished, {new.id: new.finished_at or now})
-        pipe.srem(keys.active(owner(new)), new.id)
+        pipe.zrem(keys.active(owner(new)), new.id)
     if new.status == JobStatus.SUCCEEDED and new.started_at is not None:
         seconds = str(round((new.finished_at or now) - new.started_at, 3))
         for name in (profile(new), "all"):

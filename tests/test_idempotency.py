@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
 
 import httpx
@@ -101,3 +102,32 @@ def test_keys_are_scoped_by_tenant(client: httpx.Client, stack: Stack) -> None:
     mine = client.post("/v1/edits", json=body(), headers=key).json()
     theirs = client.post("/v1/edits", json=body(), headers={**key, **other.headers}).json()
     assert mine["id"] != theirs["id"], "another tenant's key of the same name is another key"
+
+
+def test_a_duplicate_of_a_request_still_running_waits_then_gets_409(make_stack) -> None:
+    """The first request holds its key while `Prefer: wait` runs (no worker here: the job stays queued); a duplicate
+    waits `CHRONOEDIT_IDEMPOTENCY_WAIT_SECONDS` for it, then answers 409 with Retry-After; later ones replay."""
+    stack = make_stack("idem-wait", CHRONOEDIT_IDEMPOTENCY_WAIT_SECONDS="1", CHRONOEDIT_READY_WORKER_REQUIRED="false")
+    stack.start_api()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    request = body(seed=3)
+    first: list[httpx.Response] = []
+
+    def post_first() -> None:
+        with stack.client() as client:
+            first.append(client.post("/v1/edits", json=request, headers={**key, "Prefer": "wait=4"}))
+
+    thread = threading.Thread(target=post_first)
+    thread.start()
+    with stack.client() as client:
+        time.sleep(1.0)
+        waiting = time.monotonic()
+        duplicate = client.post("/v1/edits", json=request, headers={**key, "Prefer": "wait=4"})
+        assert duplicate.status_code == 409, duplicate.text
+        assert duplicate.json()["error"]["code"] == "idempotency_key_in_progress"
+        assert duplicate.headers["retry-after"] == "1" and time.monotonic() - waiting >= 0.9
+        thread.join()
+        assert first[0].status_code == 202 and first[0].json()["status"] == "queued"
+        replay = client.post("/v1/edits", json=request, headers={**key, "Prefer": "wait=4"})
+        assert replay.status_code == 202 and replay.json()["id"] == first[0].json()["id"]
+        assert replay.headers["idempotent-replayed"] == "true"

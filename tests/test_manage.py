@@ -70,9 +70,11 @@ def test_delete_refuses_an_unfinished_job(client: httpx.Client) -> None:
 
 
 def test_direct_upload_to_s3(client: httpx.Client, stack: Stack) -> None:
-    upload = client.post("/v1/uploads")
+    upload = client.post("/v1/uploads", headers={"Idempotency-Key": "upload-1"})
     assert upload.status_code == 201
     body = upload.json()
+    replay = client.post("/v1/uploads", headers={"Idempotency-Key": "upload-1"})
+    assert replay.status_code == 201 and replay.json() == body, "uploads are idempotent too"
     assert body["method"] == "PUT" and body["upload_url"].startswith(stack.env["CHRONOEDIT_S3_ENDPOINT_URL"])
     not_yet = client.post("/v1/edits", json={**EDIT, "input_key": body["input_key"]})
     assert not_yet.status_code == 409 and not_yet.json()["error"]["code"] == "upload_incomplete"

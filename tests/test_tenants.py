@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -110,3 +111,17 @@ def test_a_finished_job_frees_its_quota_slot(client: httpx.Client, stack: Stack)
     first = client.post("/v1/edits", json=EDIT, headers=key.headers).json()
     wait_job(client, first["id"], headers=key.headers)
     assert client.post("/v1/edits", json=EDIT, headers=key.headers).status_code == 202
+
+
+def test_quota_slots_left_by_a_crashed_submission_are_reclaimed(locked: Stack) -> None:
+    key = locked.create_key("grace", "--max-concurrent", "1")
+    active = f"{locked.env['CHRONOEDIT_KEY_PREFIX']}:active:{key.id}"
+    # What an API process that died between reserving a slot and creating the job leaves behind.
+    locked.redis().zadd(active, {"0" * 32: time.time() - 3600})
+    with locked.client() as client:
+        assert client.post("/v1/edits", json=EDIT, headers=key.headers).status_code == 202
+        other = locked.create_key("grace", "--max-concurrent", "2")
+        locked.redis().zadd(f"{locked.env['CHRONOEDIT_KEY_PREFIX']}:active:{other.id}", {"1" * 32: time.time()})
+        assert client.post("/v1/edits", json=EDIT, headers=other.headers).status_code == 202
+        third = client.post("/v1/edits", json=EDIT, headers=other.headers)
+        assert third.status_code == 429, "a young reservation is a submission in flight, not a leak"
