@@ -1,5 +1,7 @@
 """`chronoedit keys create|revoke|list`: the admin side of API keys, and how `chronoedit serve` runs without them.
 
+Imported by the CLI at start, so the heavier modules are imported inside the functions that need them.
+
 `create` prints the key once (only its hash is stored) and the key's `whsec_` webhook secret.
 """
 
@@ -11,9 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from service.auth import KeyStore, new_webhook_secret
 from service.settings import ApiSettings, CommonSettings
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -34,6 +33,10 @@ def add_keys_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    import redis
+
+    from service.auth import KeyStore
+
     settings = CommonSettings()
     store = KeyStore(redis.Redis.from_url(settings.redis_url), settings.key_prefix)
     if args.action == "create":
@@ -62,6 +65,8 @@ def anonymous_env(settings: ApiSettings, data: Path) -> dict[str, str]:
         return {}
     secret = settings.default_webhook_secret.get_secret_value() if settings.default_webhook_secret else None
     if secret is None:
+        from service.auth import new_webhook_secret
+
         path = data / "webhook-secret"
         if not path.exists():
             path.write_text(new_webhook_secret())
