@@ -8,21 +8,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from service.edits import build_job, render_job
+from service.contract import Contract
+from service.deps import Caller, ContractDep
 from service.errors import ApiError, install_error_handlers, not_found
 from service.http_metrics import metrics_response, observe_requests, queue_depth_registry
-from service.inputs import read_edit_request
-from service.jobs import JobRecord
 from service.jobsystem import JobSystem
 from service.metrics import init_job_series
 from service.openapi import build_openapi
+from service.routes_contract import SUBMIT_RESPONSES, IdempotencyKey, document_webhooks
+from service.routes_contract import router as contract_router
 from service.schemas import ErrorResponse, JobView, Readiness
 from service.settings import ApiSettings
 from service.storage import LocalStorage, ObjectNotFound
+from service.submit import submit_edit
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse},
     415: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    409: {"model": ErrorResponse},
+    429: {"model": ErrorResponse, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 EDIT_REQUEST_BODY = {
     "required": True,
@@ -67,7 +71,10 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
         system.start_reconciler(settings.reconcile_interval_seconds)
         app.state.jobs = system
         app.state.metrics = queue_depth_registry(system, settings.metrics_queues)
+        app.state.contract = Contract(settings, system)
+        app.state.contract.start()
         yield
+        await app.state.contract.close()
         system.close()
 
     app = FastAPI(
@@ -82,6 +89,8 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     app.middleware("http")(observe_requests)  # inside _request_id, so it sees the request id
     app.middleware("http")(_request_id)
     _add_routes(app, settings)
+    app.include_router(contract_router)
+    document_webhooks(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -102,32 +111,27 @@ Jobs = Annotated[JobSystem, Depends(get_jobs)]
 
 
 def _add_routes(app: FastAPI, settings: ApiSettings) -> None:
-    def view(job: JobRecord, request: Request, jobs: JobSystem) -> JobView:
-        return render_job(job, jobs.storage, str(request.base_url), settings.url_ttl_seconds)
-
     @app.post(
         "/v1/edits",
         status_code=202,
         response_model=JobView,
-        responses=ERRORS,
+        responses={**ERRORS, **SUBMIT_RESPONSES},
         openapi_extra={"requestBody": EDIT_REQUEST_BODY},
         summary="Submit an edit",
         tags=["edits"],
     )
-    async def create_edit(request: Request, response: Response, jobs: Jobs) -> JobView:
-        edit, data = await read_edit_request(request, settings)
-        job = await run_in_threadpool(build_job, edit, data, settings)
-        job.request_id = request.state.request_id  # the worker's logs carry it too
-        await run_in_threadpool(jobs.submit, job, data)
-        response.headers["Location"] = f"/v1/edits/{job.id}"
-        return view(job, request, jobs)
+    async def create_edit(
+        request: Request,
+        caller: Caller,
+        contract: ContractDep,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Annotated[str | None, Header(description="`wait=N` (N <= 60): answer when done or after N s.")] = None,
+    ) -> JSONResponse:
+        return await submit_edit(request, contract, caller, idempotency_key, prefer)
 
     @app.get("/v1/edits/{job_id}", response_model=JobView, responses=ERRORS, summary="Get an edit", tags=["edits"])
-    def get_edit(job_id: str, request: Request, jobs: Jobs) -> JobView:
-        job = jobs.get(job_id)
-        if job is None:
-            raise not_found(f"edit {job_id}")
-        return view(job, request, jobs)
+    def get_edit(job_id: str, request: Request, caller: Caller, contract: ContractDep) -> JobView:
+        return contract.manager.view(contract.manager.owned(caller.tenant, job_id), str(request.base_url))
 
     @app.get("/v1/files/{key:path}", responses=ERRORS, summary="Download a file (local storage)", tags=["files"])
     def get_file(

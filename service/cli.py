@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from service.embedded import Child, free_port, python_module, start_redis, wait_http
+from service.keys_cli import add_keys_parser, anonymous_env, print_anonymous_notice
 from service.logs import configure_logging
 from service.settings import ApiSettings
 
@@ -77,6 +78,19 @@ def cmd_metrics_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_worker(_: argparse.Namespace) -> int:
+    from service.webhook_worker import run
+
+    run()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.keys_cli import run_keys
+
+    return run_keys(args)
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from chronoedit_core.tiny import write_tiny_model
 
@@ -114,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
         "CHRONOEDIT_PORT": str(settings.port),
         **_embedded_observability(settings),
+        **anonymous_env(settings, data),
     }
     children: list[Child] = []
     stopping = False
@@ -126,10 +141,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         children.append(start_redis(redis_port, data / "redis", log=logs / "redis.log"))
         children.append(Child("worker", python_module("service.cli", "worker"), env, log=logs / "worker.log"))
+        webhooks = python_module("service.cli", "webhook-worker")
+        children.append(Child("webhooks", webhooks, env, log=logs / "webhooks.log"))
         children.append(Child("api", python_module("service.cli", "api"), env, log=logs / "api.log"))
         base = f"http://{settings.host}:{settings.port}"
         wait_http(f"{base}/readyz", children[-1], timeout=args.ready_timeout)
         _print_welcome(base, _example_image(data), logs)
+        print_anonymous_notice(env)
         while not stopping and all(child.alive() for child in children):
             time.sleep(0.5)
         dead = [child.name for child in children if not child.alive()]
@@ -212,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
     targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
     targets.set_defaults(func=cmd_metrics_targets)
+    sub.add_parser("webhook-worker", help="run a webhook delivery worker (Celery, no model)").set_defaults(
+        func=cmd_webhook_worker
+    )
+    add_keys_parser(sub).set_defaults(func=cmd_keys)
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random ChronoEdit checkpoint")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)

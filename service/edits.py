@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import datetime
 from urllib.parse import urljoin
 
 from chronoedit_core.images import ImageLimits, decode_image
@@ -73,7 +74,8 @@ def _output_size(edit: EditCreate, width: int, height: int, settings: ApiSetting
     return size
 
 
-def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int) -> JobView:
+def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, retention: int | None = None) -> JobView:
+    """The public view of a job; `retention` (seconds) gives finished jobs their `expires_at`."""
     outputs = {
         name: FileView(
             url=urljoin(base_url, storage.url(f.key, url_ttl)),
@@ -97,4 +99,14 @@ def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int) ->
         attempt=job.attempt,
         outputs=outputs,
         error=ErrorView(**job.error.model_dump()) if job.error else None,
+        expires_at=_expires_at(job, retention),
+        files_deleted_at=timestamp(job.files_deleted_at),
+        webhook=job.webhook,
+        webhook_events=job.webhook_events if job.webhook else [],
     )
+
+
+def _expires_at(job: JobRecord, retention: int | None) -> datetime | None:
+    if retention is None or job.finished_at is None or job.files_deleted_at is not None:
+        return None
+    return timestamp(job.finished_at + retention)

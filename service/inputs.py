@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
-import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,13 +16,16 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from service.errors import ApiError, validation_error
+from service.netguard import AddressForbidden, UnresolvableHost, check_public_host
 from service.schemas import EditCreate
 from service.settings import ApiSettings
 
-LIST_FIELDS = {"outputs"}
+LIST_FIELDS = {"outputs", "webhook_events"}
 
 
-async def read_edit_request(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes]:
+async def read_edit_request(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes | None]:
+    """The validated fields and the image bytes sent in the body; None when the image is named by `image_url` or
+    `input_key` (fetched later, after the idempotency check)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _read_multipart(request, settings)
@@ -58,12 +59,12 @@ async def _read_multipart(request: Request, settings: ApiSettings) -> tuple[Edit
             raise ApiError(422, "invalid_parameter", f"`{key}` is given more than once")
         else:
             fields[key] = value
-    if "image_url" in fields or "image_base64" in fields:
+    if "image_url" in fields or "image_base64" in fields or "input_key" in fields:
         raise ApiError(422, "invalid_parameter", "a multipart request sends the image as the `image` file only")
     return _validate(fields), data
 
 
-async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes]:
+async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes | None]:
     limit = settings.max_image_bytes * 4 // 3 + 64 * 1024
     if int(request.headers.get("content-length") or 0) > limit:
         raise ApiError(413, "image_too_large", f"the request body is above the limit of {limit} bytes")
@@ -74,11 +75,11 @@ async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreat
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_parameter", "the JSON body must be an object")
     edit = _validate(body)
-    if (edit.image_url is None) == (edit.image_base64 is None):
-        raise ApiError(422, "missing_image", "give exactly one of `image_url` and `image_base64`")
+    if sum(field is not None for field in (edit.image_url, edit.image_base64, edit.input_key)) != 1:
+        raise ApiError(422, "missing_image", "give exactly one of `image_url`, `image_base64` and `input_key`")
     if edit.image_base64 is not None:
         return edit, _decode_base64(edit.image_base64, settings.max_image_bytes)
-    return edit, await fetch_image(str(edit.image_url), settings)
+    return edit, None
 
 
 def _decode_base64(text: str, max_bytes: int) -> bytes:
@@ -118,17 +119,9 @@ async def fetch_image(url: str, settings: ApiSettings) -> bytes:
 
 
 def _check_public(host: str, allow_hosts: list[str]) -> None:
-    if host in allow_hosts:
-        return
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ApiError(400, "image_fetch_failed", f"cannot resolve {host!r}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if str(address) in allow_hosts:
-            continue
-        if not address.is_global:
-            raise ApiError(
-                400, "image_url_forbidden", f"{host} resolves to {address}, a non-public address; not fetched"
-            )
+        check_public_host(host, allow_hosts)
+    except UnresolvableHost as exc:
+        raise ApiError(400, "image_fetch_failed", str(exc)) from exc
+    except AddressForbidden as exc:
+        raise ApiError(400, "image_url_forbidden", f"{exc}; not fetched") from exc

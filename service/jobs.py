@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 OutputName = Literal["image", "video"]
+EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
+TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
+DEFAULT_TENANT = "default"
 
 
 class JobStatus(StrEnum):
@@ -80,6 +83,16 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     request_id: str | None = None
     """The `X-Request-ID` of the request that created the job, so the worker's log lines carry it."""
+    tenant: str = DEFAULT_TENANT
+    """The tenant that owns the job; every other tenant gets 404."""
+    key_id: str | None = None
+    """The API key that submitted the job (its webhook secret signs the job's webhooks); None without a key."""
+    webhook: str | None = None
+    webhook_events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
+    progress_event_at: float | None = None
+    """When the last `progress` webhook was emitted; they are throttled (see `service/events.py`)."""
+    files_deleted_at: float | None = None
+    """When the job's inputs and outputs were deleted (by `DELETE` or by retention)."""
 
 
 def input_key(job_id: str, extension: str) -> str:

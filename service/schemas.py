@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
-from service.jobs import JobStatus, OutputName
+from service.jobs import TERMINAL_EVENTS, EventType, JobStatus, OutputName
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
@@ -46,6 +46,15 @@ class EditCreate(BaseModel):
     )
     image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the input image.")
     image_base64: str | None = Field(None, description="JSON only: the input image, base64-encoded.")
+    input_key: str | None = Field(
+        None, max_length=200, description="JSON only: the `input_key` of a `POST /v1/uploads` upload, as the image."
+    )
+    webhook: AnyHttpUrl | None = Field(
+        None, description="https URL that receives this job's events (Standard Webhooks, signed with the key's secret)."
+    )
+    webhook_events: list[EventType] | None = Field(
+        None, description=f"Events sent to `webhook`; default the terminal ones {list(TERMINAL_EVENTS)}."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -54,13 +63,13 @@ class EditCreate(BaseModel):
             raise ValueError("the prompt is empty")
         return value
 
-    @field_validator("outputs", mode="before")
+    @field_validator("outputs", "webhook_events", mode="before")
     @classmethod
     def _outputs_from_form(cls, value: Any) -> Any:
         """Multipart forms send lists as repeated fields or as one JSON array string; accept both."""
         if isinstance(value, str):
             value = [value]
-        if isinstance(value, list) and len(value) == 1 and value[0].startswith("["):
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0].startswith("["):
             try:
                 return json.loads(value[0])
             except json.JSONDecodeError as exc:
@@ -129,6 +138,14 @@ class JobView(BaseModel):
     attempt: int = Field(description="How many times a worker started this job.")
     outputs: dict[OutputName, FileView] = Field(description="Present once the job succeeded.")
     error: ErrorView | None
+    queue_position: int | None = Field(None, description="While queued: 1 is next to start.")
+    eta_seconds: float | None = Field(
+        None, description="While queued: estimated seconds until it finishes, from recent jobs of the same profile."
+    )
+    expires_at: datetime | None = Field(None, description="When the input and outputs of a finished job are deleted.")
+    files_deleted_at: datetime | None = Field(None, description="When its files were deleted (DELETE or retention).")
+    webhook: str | None = None
+    webhook_events: list[EventType] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):

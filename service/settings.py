@@ -77,3 +77,51 @@ class ApiSettings(CommonSettings):
         default_factory=lambda: ["edits"],
         description="Celery queues whose depth `/metrics` reports, besides those registered workers consume.",
     )
+
+    # --- the client contract (issue 4): keys, webhooks, idempotency, waiting, retention, uploads ---------------
+    auth_required: bool = Field(
+        True,
+        description="Every `/v1` request needs `Authorization: Bearer <key>`. Off: requests without a key belong to "
+        "the `default` tenant (allowed only when the API binds to loopback); keys given are still honoured.",
+    )
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per API key (fixed window).")
+    max_concurrent_jobs: int = Field(
+        20, ge=1, description="Unfinished jobs one API key may have at once; more answer 429 `concurrency_limit`."
+    )
+    default_webhook_secret: SecretStr | None = Field(
+        None, description="`whsec_...` secret that signs webhooks of jobs submitted without a key (auth off)."
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts or IPs a `webhook` URL may name even when they resolve to private or loopback addresses "
+        "(http is then accepted too).",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60, description="Timeout of one webhook delivery attempt.")
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Delays before each retry of a failed webhook delivery (about 27.6 h in all by default); "
+        "each is jittered by +-20%. After the last, the delivery is `failed`.",
+    )
+    webhook_dispatch_interval_seconds: float = Field(
+        1.0, gt=0, description="How often the webhook worker looks for deliveries that are due."
+    )
+    public_base_url: str | None = Field(
+        None, description="Base URL of the API as clients reach it; makes local-storage URLs in webhooks absolute."
+    )
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="How long an `Idempotency-Key` is kept.")
+    idempotency_wait_seconds: float = Field(
+        10.0, ge=0, description="How long a duplicate request waits for the first one before answering 409."
+    )
+    max_wait_seconds: int = Field(60, ge=0, le=60, description="Largest `Prefer: wait=N` honoured.")
+    output_retention_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Inputs and outputs of finished jobs are deleted this long after they end."
+    )
+    upload_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a `POST /v1/uploads` URL.")
+
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> ApiSettings:
+        if not self.auth_required and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                f"CHRONOEDIT_AUTH_REQUIRED=false is allowed only when the API binds to loopback, not {self.host}"
+            )
+        return self

@@ -31,6 +31,14 @@ class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def size(self, key: str) -> int:
+        """Bytes of `key`; raises `ObjectNotFound`."""
+        ...
+
+    def upload_url(self, key: str, ttl_seconds: int) -> str:
+        """A URL (S3: presigned PUT) or a path below the API's base URL (local) that stores `key` with a PUT."""
+        ...
+
     def url(self, key: str, ttl_seconds: int) -> str:
         """An absolute URL (S3) or a path below the API's base URL (local) that downloads `key`."""
         ...
@@ -67,6 +75,17 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         for path in sorted(self.root.glob(prefix.rstrip("/") + "/**/*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    def upload_url(self, key: str, ttl_seconds: int) -> str:
+        expires = int(time.time()) + ttl_seconds
+        query = urlencode({"expires": expires, "signature": self.sign("PUT " + key, expires)})
+        return f"/v1/uploads/{quote(key)}?{query}"
 
     def url(self, key: str, ttl_seconds: int) -> str:
         expires = int(time.time()) + ttl_seconds
@@ -119,6 +138,20 @@ class S3Storage:
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
                 self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": objects})
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFound(key) from exc
+            raise StorageError(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def upload_url(self, key: str, ttl_seconds: int) -> str:
+        params = {"Bucket": self.bucket, "Key": key}
+        return self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=ttl_seconds)
 
     def url(self, key: str, ttl_seconds: int) -> str:
         params = {"Bucket": self.bucket, "Key": key}

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import redis
 
+from service import events
 from service.jobs import JobError, JobRecord, JobStatus, StoredFile
 from service.metrics import record_terminal
 
@@ -26,13 +27,26 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._leases = f"{prefix}:leases"
+        self.keys = events.JobKeys(prefix)
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
     def create(self, record: JobRecord) -> None:
-        if not self.client.set(self._key(record.id), record.model_dump_json(), nx=True):
-            raise KeyError(f"job {record.id} exists already")
+        """Store a new record; its `queued` event and index entries commit with it (one MULTI) or not at all."""
+        key, now = self._key(record.id), time.time()
+        record = events.mark(None, record, now)
+        with self.client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.exists(key):
+                    raise KeyError(f"job {record.id} exists already")
+                pipe.multi()
+                pipe.set(key, record.model_dump_json())
+                events.apply(pipe, self.keys, None, record, now)
+                pipe.execute()
+            except redis.WatchError as exc:
+                raise KeyError(f"job {record.id} exists already") from exc
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.client.get(self._key(job_id))
@@ -52,8 +66,11 @@ class JobStore:
                     new = transition(old)
                     if new is None:
                         return None
+                    now = time.time()
+                    new = events.mark(old, new, now)
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
+                    events.apply(pipe, self.keys, old, new, now)
                     if new.status == JobStatus.RUNNING and new.lease_expires_at is not None:
                         pipe.zadd(self._leases, {job_id: new.lease_expires_at})
                     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.embedded import free_port, start_redis
-from tests.stack import S3_ENV, Stack, start_moto
+from tests.stack import DEFAULT_WEBHOOK_SECRET, S3_ENV, Stack, start_moto
 
 _databases = itertools.count(0)
 
@@ -64,6 +64,13 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
                 "CHRONOEDIT_MAX_IMAGE_PIXELS": str(4_000_000),
                 "CHRONOEDIT_FETCH_ALLOW_HOSTS": '["127.0.0.1"]',
                 "CHRONOEDIT_METRICS_PORT": "0",  # many workers on one machine; each publishes its port
+                # The client contract: anonymous loopback mode (keys still honoured), loopback webhook receivers,
+                # and a webhook retry schedule of a second instead of a day.
+                "CHRONOEDIT_AUTH_REQUIRED": "false",
+                "CHRONOEDIT_DEFAULT_WEBHOOK_SECRET": DEFAULT_WEBHOOK_SECRET,
+                "CHRONOEDIT_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+                "CHRONOEDIT_WEBHOOK_RETRY_SCHEDULE_SECONDS": "[0.3, 0.3, 0.3]",
+                "CHRONOEDIT_WEBHOOK_DISPATCH_INTERVAL_SECONDS": "0.1",
                 **env,
             },
         )
@@ -80,6 +87,7 @@ def stack(make_stack) -> Stack:
     """The shared stack: API and one ready worker, for tests that do not kill anything."""
     shared = make_stack("shared")
     shared.start_api()
+    shared.start_webhook_worker()
     shared.start_worker("worker-1")
     return shared
 

@@ -3,8 +3,11 @@ the API, each a separate process on free loopback ports. Nothing is mocked."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,8 @@ S3_ENV = {
     "CHRONOEDIT_S3_REGION": "us-east-1",
     "CHRONOEDIT_S3_CREATE_BUCKET": "true",
 }
+DEFAULT_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-default-webhook-secret-32b!").decode()
+"""Signs webhooks of jobs submitted without a key (the stacks run in the anonymous loopback mode)."""
 
 
 def start_moto(log: Path) -> tuple[Child, str]:
@@ -30,6 +35,18 @@ def start_moto(log: Path) -> tuple[Child, str]:
     child = Child("moto", python_module("moto.server", "-H", "127.0.0.1", "-p", str(port)), log=log)
     wait_for_port(port, child)
     return child, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class ApiKeyInfo:
+    id: str
+    key: str
+    webhook_secret: str
+    tenant: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 @dataclass
@@ -57,6 +74,26 @@ class Stack:
         if wait_ready:
             self.wait_worker_ready(name, worker)
         return worker
+
+    def start_webhook_worker(self) -> Child:
+        """The webhook delivery worker (Celery, no model), as `chronoedit webhook-worker` runs it."""
+        log = self.logs / f"{self.name}-webhooks.log"
+        worker = Child("webhooks", python_module("service.cli", "webhook-worker"), self.env, log=log)
+        self.workers.append(worker)
+        return worker
+
+    def redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.env["CHRONOEDIT_REDIS_URL"])
+
+    def create_key(self, tenant: str, *options: str) -> ApiKeyInfo:
+        """An API key made by the admin command, `chronoedit keys create`, as an operator would."""
+        argv = python_module("service.cli", "keys", "create", tenant, *options)
+        result = subprocess.run(argv, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        fields = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+        return ApiKeyInfo(fields["key id"].strip(), fields["API key"].strip(), fields["webhook secret"].strip(), tenant)
 
     def wait_worker_ready(self, name: str, worker: Child, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -100,12 +137,18 @@ class Stack:
             child.stop()
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120, until: tuple[str, ...] = ()) -> dict:
+def wait_job(
+    client: httpx.Client,
+    job_id: str,
+    timeout: float = 120,
+    until: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+) -> dict:
     """Poll until the job is terminal (or in one of `until`)."""
     deadline = time.monotonic() + timeout
     job: dict = {}
     while time.monotonic() < deadline:
-        job = client.get(f"/v1/edits/{job_id}").json()
+        job = client.get(f"/v1/edits/{job_id}", headers=headers or {}).json()
         if job["status"] in ("succeeded", "failed", "canceled", *until):
             return job
         time.sleep(0.2)

@@ -55,7 +55,7 @@ def test_api_runs_without_torch(redis_server: str) -> None:
         os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/14"
         from fastapi.testclient import TestClient
         from service.app import create_app
-        import service.cli, service.jobsystem, service.storage, service.queue
+        import service.cli, service.jobsystem, service.storage, service.queue, service.webhook_worker
         with TestClient(create_app()) as client:
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 503
@@ -92,3 +92,33 @@ def test_every_setting_is_documented() -> None:
     documented = (Path(__file__).resolve().parent.parent / "deploy" / "README.md").read_text()
     for name in {*ApiSettings.model_fields, *WorkerSettings.model_fields}:
         assert f"`{name.upper()}`" in documented, f"CHRONOEDIT_{name.upper()} is not in deploy/README.md"
+
+
+def test_openapi_documents_the_client_contract() -> None:
+    document = json.loads(DOCUMENT_PATH.read_text())
+    assert document["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <API key>`; keys come from `chronoedit keys create`.",
+    }
+    create = document["paths"]["/v1/edits"]["post"]
+    assert create["security"] == [{"ApiKey": []}]
+    assert {p["name"] for p in create["parameters"] if p["in"] == "header"} == {"idempotency-key", "prefer"}
+    assert set(create["responses"]) >= {"200", "202", "401", "409", "429"}
+    assert "Retry-After" in create["responses"]["429"]["headers"]
+    assert "Idempotent-Replayed" in create["responses"]["202"]["headers"]
+    events = document["paths"]["/v1/edits/{job_id}/events"]["get"]["responses"]["200"]
+    assert list(events["content"]) == ["text/event-stream"]
+    assert set(document["paths"]["/v1/edits"]) == {"get", "post"}
+    assert "delete" in document["paths"]["/v1/edits/{job_id}"]
+    assert "post" in document["paths"]["/v1/edits/{job_id}/deliveries/{delivery_id}/retry"]
+    assert "post" in document["paths"]["/v1/uploads"]
+    webhook = document["webhooks"]["edit-event"]["post"]
+    assert webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/WebhookEvent")
+    codes = document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+    for code in ("unauthorized", "rate_limited", "concurrency_limit", "idempotency_key_reuse", "webhook_url_forbidden"):
+        assert code in codes
+    assert (
+        "healthz" in json.dumps(document["paths"]["/healthz"])
+        and "security" not in document["paths"]["/healthz"]["get"]
+    )

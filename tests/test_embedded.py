@@ -43,6 +43,8 @@ def test_serve_prints_a_working_curl_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         curl = wait_for_curl(lines, timeout=180)
         assert f"http://127.0.0.1:{port}/v1/edits" in curl
+        notice = wait_for_line(lines, "No API keys needed", timeout=10)
+        assert "loopback only" in notice, "the keyless mode says so at start"
         submitted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30, check=True)
         job = httpx.Response(202, content=submitted.stdout).json()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
@@ -76,3 +78,15 @@ def wait_for_curl(lines: queue.Queue, timeout: float) -> str:
         if line.strip().startswith("curl -s") and "/v1/edits -F" in line:
             return line.strip()
     raise TimeoutError("no curl printed:\n" + "".join(seen[-40:]))
+
+
+def wait_for_line(lines: queue.Queue, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if text in line:
+            return line
+    raise TimeoutError(f"no line with {text!r}")
