@@ -106,7 +106,7 @@ def test_plain_formatter_appends_context_fields() -> None:
 
 
 def test_http_metrics_label_routes_by_template_and_metrics_is_not_in_the_schema(redis_server: str) -> None:
-    settings = ApiSettings(redis_url=f"{redis_server}/13", ready_worker_required=False)
+    settings = ApiSettings(redis_url=f"{redis_server}/13", ready_worker_required=False, auth_required=False)
     route = "/v1/edits/{job_id}"
     before = sample("chronoedit_http_requests_total", route=route, method="GET", status="404")
     with TestClient(create_app(settings)) as client:
