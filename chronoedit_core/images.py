@@ -45,8 +45,9 @@ class DecodedImage:
         return CONTENT_TYPES[self.format]
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
-    """Decode `data` into an RGB image, or raise an error whose `code` says precisely what is wrong."""
+def decode_image(data: bytes, limits: ImageLimits, keep_alpha: bool = False) -> DecodedImage:
+    """Decode `data` into an RGB image (RGBA with `keep_alpha`, for overlays), or raise an error whose `code` says
+    precisely what is wrong."""
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"the image is {len(data)} bytes, above the limit of {limits.max_bytes} bytes")
     if not data:
@@ -62,7 +63,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         image.seek(0)  # first frame of an animation
         image.load()
         image = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(image)
+        rgb = image.convert("RGBA") if keep_alpha else _to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's ways of saying "truncated/corrupt"
         raise InvalidImageError(f"the image could not be decoded: {exc}") from exc
     return DecodedImage(image=rgb, format=fmt)

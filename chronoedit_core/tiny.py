@@ -23,6 +23,8 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from chronoedit_core.manifest import write_manifest
+
 TEXT_DIM = 32
 IMAGE_DIM = 32
 CLIP_IMAGE_SIZE = 32
@@ -108,10 +110,17 @@ def build_tiny_pipeline(seed: int = 0) -> ChronoEditPipeline:
     )
 
 
+TINY_LORAS = {"distill": "diffusers", "upscaler": "diffusers", "paintbrush": "wan"}
+"""The adapters the presets use, as random tiny LoRAs; one in the original Wan key format to exercise its loader."""
+
+
 def write_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Write the tiny checkpoint to `directory` (created if needed) and return it."""
+    """Write the tiny checkpoint, its LoRAs (`loras/*.safetensors`) and its manifest to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     build_tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
+    for index, (name, key_format) in enumerate(TINY_LORAS.items()):
+        write_tiny_lora(directory / "loras" / f"{name}.safetensors", seed=seed + 100 + index, key_format=key_format)
+    write_manifest(directory)
     return directory
 
 

@@ -99,6 +99,17 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from chronoedit_core.manifest import verify_manifest, write_manifest
+
+    folder = Path(args.directory)
+    if args.verify:
+        print(f"{folder} matches its manifest (digest {verify_manifest(folder).digest})")
+        return 0
+    print(f"wrote {write_manifest(folder)}")
+    return 0
+
+
 def cmd_openapi(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.openapi import DOCUMENT_PATH, render
@@ -126,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "CHRONOEDIT_STORAGE_BACKEND": "local",
         "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
+        "CHRONOEDIT_QUEUES": '["edits", "reasoning"]',  # the one embedded worker serves every kind
         "CHRONOEDIT_PORT": str(settings.port),
         **_embedded_observability(settings),
         **anonymous_env(settings, data),
@@ -183,7 +195,7 @@ def _model_dir(data: Path) -> Path:
     if configured is not None:
         return configured
     tiny = data / "tiny-model"
-    if not (tiny / "model_index.json").exists():
+    if not (tiny / "chronoedit-manifest.json").exists():  # written last: its presence means the folder is whole
         from chronoedit_core.tiny import write_tiny_model
 
         print(f"no CHRONOEDIT_MODEL_DIR set: writing the tiny random model to {tiny} (its images are noise)")
@@ -238,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
+    manifest = sub.add_parser("manifest", help="write (or --verify) the SHA-256 manifest of a model folder")
+    manifest.add_argument("directory")
+    manifest.add_argument("--verify", action="store_true", help="check the folder against its manifest instead")
+    manifest.set_defaults(func=cmd_manifest)
     spec = sub.add_parser("openapi", help="write openapi/openapi.json from the app")
     spec.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is out of date")
     spec.set_defaults(func=cmd_openapi)

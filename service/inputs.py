@@ -42,7 +42,7 @@ def _validate(fields: dict[str, Any]) -> EditCreate:
 
 
 async def _read_multipart(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes]:
-    form = await request.form(max_files=1, max_fields=32)
+    form = await request.form(max_files=2, max_fields=32)
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, "missing_image", "the multipart form needs a file field `image`")
@@ -50,6 +50,9 @@ async def _read_multipart(request: Request, settings: ApiSettings) -> tuple[Edit
     fields: dict[str, Any] = {}
     for key, value in form.multi_items():
         if key == "image":
+            continue
+        if key == "sketch" and isinstance(value, UploadFile):  # the sketch overlay travels as the JSON field does
+            fields["sketch_base64"] = base64.b64encode(await value.read(settings.max_image_bytes + 1)).decode()
             continue
         if isinstance(value, UploadFile):
             raise ApiError(422, "invalid_parameter", f"`{key}` must be a plain form field, not a file")
@@ -78,11 +81,11 @@ async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreat
     if sum(field is not None for field in (edit.image_url, edit.image_base64, edit.input_key)) != 1:
         raise ApiError(422, "missing_image", "give exactly one of `image_url`, `image_base64` and `input_key`")
     if edit.image_base64 is not None:
-        return edit, _decode_base64(edit.image_base64, settings.max_image_bytes)
+        return edit, decode_base64(edit.image_base64, settings.max_image_bytes)
     return edit, None
 
 
-def _decode_base64(text: str, max_bytes: int) -> bytes:
+def decode_base64(text: str, max_bytes: int, field: str = "image_base64") -> bytes:
     if "," in text[:100] and text.startswith("data:"):
         text = text.split(",", 1)[1]  # accept data URLs
     if len(text) > max_bytes * 4 // 3 + 4:
@@ -90,7 +93,7 @@ def _decode_base64(text: str, max_bytes: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(422, "invalid_image", "`image_base64` is not valid base64") from exc
+        raise ApiError(422, "invalid_image", f"`{field}` is not valid base64") from exc
 
 
 async def fetch_image(url: str, settings: ApiSettings) -> bytes:

@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 OutputName = Literal["image", "video"]
+Kind = Literal["edit", "upscale", "sketch"]
+Mode = Literal["standard", "fast"]
+Stage = Literal["queued", "loading", "denoising", "decoding", "uploading", "done"]
 EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
 TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
 DEFAULT_TENANT = "default"
@@ -33,8 +36,14 @@ class JobStatus(StrEnum):
 class EditParams(BaseModel):
     """Resolved parameters: everything that determines the output, the drawn seed and output size included."""
 
+    mode: Mode = "standard"
     prompt: str
+    """The user's text."""
+    model_prompt: str = ""
+    """What the model was given: the user's text in the kind's prompt template."""
     negative_prompt: str = ""
+    loras: list[str] = Field(default_factory=list)
+    """Adapters active for this job, from the kind and mode's preset."""
     seed: int
     num_inference_steps: int
     guidance_scale: float
@@ -45,6 +54,9 @@ class EditParams(BaseModel):
     fps: int = 16
     fp8: bool = False
     step_cache: float | None = None
+    temporal_reasoning: bool = False
+    reasoning_steps: int | None = None
+    output_size: Literal["model", "input"] = "model"
 
 
 class StoredFile(BaseModel):
@@ -58,6 +70,16 @@ class StoredFile(BaseModel):
 class Progress(BaseModel):
     step: int = 0
     total: int = 0
+    stage: Stage = "queued"
+
+
+class RanWith(BaseModel):
+    """The weights a job ran with: the base model's manifest digest and each active adapter's file digest."""
+
+    base_digest: str | None
+    loras: dict[str, str] = Field(default_factory=dict)
+    device: str
+    dtype: str
 
 
 class JobError(BaseModel):
@@ -67,7 +89,7 @@ class JobError(BaseModel):
 
 class JobRecord(BaseModel):
     id: str
-    kind: Literal["edit"] = "edit"
+    kind: Kind = "edit"
     status: JobStatus = JobStatus.QUEUED
     params: EditParams
     input: StoredFile
@@ -93,6 +115,9 @@ class JobRecord(BaseModel):
     """When the last `progress` webhook was emitted; they are throttled (see `service/events.py`)."""
     files_deleted_at: float | None = None
     """When the job's inputs and outputs were deleted (by `DELETE` or by retention)."""
+    cancel_requested_at: float | None = None
+    """Set by `POST /v1/edits/{id}/cancel` on a running job; its worker stops at the next denoising step."""
+    ran_with: RanWith | None = None
 
 
 def input_key(job_id: str, extension: str) -> str:

@@ -88,6 +88,14 @@ class JobManager:
             upper = f"({last.created_at!r}" if last else upper
         return Page(found, encode_cursor(last) if last else None)
 
+    def cancel(self, tenant: str, job_id: str) -> JobRecord:
+        """Cancel a queued job at once, or ask its worker to stop a running one at the next denoising step."""
+        job = self.owned(tenant, job_id)
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise ApiError(409, "job_finished", f"edit {job_id} already {job.status}; there is nothing to cancel")
+        changed = self.jobs.store.request_cancel(job_id)
+        return changed or self.owned(tenant, job_id)
+
     def delete_files(self, tenant: str, job_id: str) -> JobRecord:
         job = self.owned(tenant, job_id)
         if not job.status.is_terminal():

@@ -11,6 +11,8 @@ from service.settings import CommonSettings
 
 RUN_EDIT_TASK = "chronoedit.run_edit"
 EDITS_QUEUE = "edits"
+REASONING_QUEUE = "reasoning"
+"""Temporal-reasoning jobs (29 frames, about 5x the work of an edit) wait apart, for the workers meant for them."""
 
 
 def make_celery(settings: CommonSettings, name: str = "chronoedit") -> Celery:
@@ -32,8 +34,8 @@ def make_celery(settings: CommonSettings, name: str = "chronoedit") -> Celery:
 
 
 def queue_for(job: JobRecord) -> str:
-    """The queue a job is published to; later job kinds and lanes get their own."""
-    return EDITS_QUEUE
+    """The queue a job is published to."""
+    return REASONING_QUEUE if job.params.temporal_reasoning else EDITS_QUEUE
 
 
 def publish(app: Celery, job: JobRecord) -> None:

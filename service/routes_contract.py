@@ -14,7 +14,7 @@ from service.deps import Caller, ContractDep
 from service.errors import ApiError, not_found
 from service.idempotency import REPLAY_HEADER, StoredResponse, fingerprint
 from service.jobs import JobStatus
-from service.schemas import ErrorResponse, JobView
+from service.schemas import ErrorResponse, JobView, ModelList, WorkerModel
 from service.schemas_contract import Delivery, DeliveryList, JobList, UploadCreated, Uploaded, WebhookEvent
 from service.storage import LocalStorage
 from service.uploads import INPUT_KEY
@@ -88,6 +88,29 @@ def list_edits(
     page = contract.manager.list(caller.tenant, limit, cursor, status)
     views = [contract.manager.view(job, str(request.base_url)) for job in page.jobs]
     return JobList(data=views, next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/v1/edits/{job_id}/cancel",
+    response_model=JobView,
+    responses={**AUTH_ERRORS, 409: ERR},
+    summary="Cancel an edit",
+    description="A queued job ends `canceled` at once. A running job stops at its next denoising step (the GPU is "
+    "free within one step) and ends `canceled`; `progress.step` says how many steps ran. Canceling a canceled job "
+    "answers it again; a succeeded or failed one answers 409 `job_finished`.",
+    tags=["edits"],
+)
+def cancel_edit(job_id: str, request: Request, caller: Caller, contract: ContractDep) -> JobView:
+    return contract.manager.view(contract.manager.cancel(caller.tenant, job_id), str(request.base_url))
+
+
+@router.get(
+    "/v1/models", response_model=ModelList, responses=AUTH_ERRORS, summary="What the workers hold", tags=["models"]
+)
+def list_models(caller: Caller, contract: ContractDep) -> ModelList:
+    """Each ready worker: its queues, device, dtype, base model digest, LoRA digests and free GPU memory."""
+    workers = [w for w in contract.jobs.registry.workers() if w.get("ready")]
+    return ModelList(data=[WorkerModel.model_validate(w) for w in sorted(workers, key=lambda w: w["name"])])
 
 
 @router.delete(

@@ -6,20 +6,12 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from service.jobs import TERMINAL_EVENTS, EventType, JobStatus, OutputName
+from service.jobs import TERMINAL_EVENTS, EventType, JobStatus, Kind, Mode, OutputName, RanWith, Stage
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
-
-
-class EditDefaults:
-    """Defaults of the standard edit (DESIGN.md): 50 steps, guidance 5.0, flow shift 5.0."""
-
-    num_inference_steps = 50
-    guidance_scale = 5.0
-    flow_shift = 5.0
 
 
 class EditCreate(BaseModel):
@@ -27,8 +19,20 @@ class EditCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The edit instruction.")]
-    kind: Literal["edit"] = Field("edit", description="Job kind. `upscale` and `sketch` are planned.")
+    kind: Kind = Field(
+        "edit", description="`edit` (instruction), `upscale` (super-resolution), `sketch` (sketch to object)."
+    )
+    mode: Mode | None = Field(
+        None, description="`standard` (50 steps) or `fast` (8-step distill LoRA). Default: standard; sketch: fast."
+    )
+    prompt: Annotated[
+        str,
+        Field(
+            max_length=MAX_PROMPT_CHARS,
+            validate_default=True,  # so a missing prompt is checked against the kind too
+            description='edit: the instruction; sketch: the object to draw ("a crown"); upscale: optional extra text.',
+        ),
+    ] = ""
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed; drawn and recorded when absent.")
     num_inference_steps: int | None = Field(None, ge=1, le=100, description="Denoising steps (default 50).")
     guidance_scale: float | None = Field(None, ge=1.0, le=20.0, description="Classifier-free guidance (default 5).")
@@ -38,6 +42,27 @@ class EditCreate(BaseModel):
     height: int | None = Field(None, ge=16, le=4096, multiple_of=16, description="Output height; default: size rule.")
     outputs: list[OutputName] = Field(default=["image"], min_length=1, max_length=2, description="Files to produce.")
     fps: int = Field(16, ge=1, le=60, description="Frame rate of the `video` output.")
+    scale: float | None = Field(
+        None,
+        gt=1,
+        le=8,
+        description="upscale only: output = input size x scale (long side capped), not width/height.",
+    )
+    output_size: Literal["model", "input"] = Field(
+        "model", description="`input`: the image output is resized back to the input's size (Lanczos)."
+    )
+    temporal_reasoning: bool = Field(
+        False, description="Render a 29-frame trajectory (reasoning). Not with `fast` mode (the distill LoRA)."
+    )
+    reasoning_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="With temporal_reasoning: steps before reasoning frames are dropped (default all).",
+    )
+    sketch_base64: str | None = Field(
+        None, description="sketch, JSON only: an RGBA overlay (black strokes) composited over the image."
+    )
     fp8: bool = Field(
         False, description="Faster, approximate: FP8 matrix multiplies (needs a worker started with CHRONOEDIT_FP8)."
     )
@@ -58,8 +83,8 @@ class EditCreate(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _prompt_not_blank(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip() and info.data.get("kind", "edit") != "upscale":
             raise ValueError("the prompt is empty")
         return value
 
@@ -85,8 +110,11 @@ class EditCreate(BaseModel):
 
 
 class EditParamsView(BaseModel):
+    mode: Mode
     prompt: str
+    model_prompt: str = Field(description="What the model was given: the prompt in the kind's template.")
     negative_prompt: str
+    loras: list[str]
     seed: int
     num_inference_steps: int
     guidance_scale: float
@@ -97,6 +125,9 @@ class EditParamsView(BaseModel):
     fps: int
     fp8: bool
     step_cache: float | None
+    temporal_reasoning: bool
+    reasoning_steps: int | None
+    output_size: Literal["model", "input"]
 
 
 class FileView(BaseModel):
@@ -115,8 +146,9 @@ class InputView(BaseModel):
 
 
 class ProgressView(BaseModel):
-    step: int
+    step: int = Field(description="Denoising steps done (of a canceled job: how many ran).")
     total: int
+    stage: Stage
 
 
 class ErrorView(BaseModel):
@@ -127,7 +159,7 @@ class ErrorView(BaseModel):
 class JobView(BaseModel):
     id: str
     object: Literal["edit"] = "edit"
-    kind: Literal["edit"]
+    kind: Kind
     status: JobStatus
     created_at: datetime
     started_at: datetime | None
@@ -146,6 +178,25 @@ class JobView(BaseModel):
     files_deleted_at: datetime | None = Field(None, description="When its files were deleted (DELETE or retention).")
     webhook: str | None = None
     webhook_events: list[EventType] = Field(default_factory=list)
+    cancel_requested_at: datetime | None = Field(None, description="When a cancel was asked for a running job.")
+    ran_with: RanWith | None = Field(None, description="The weights the job ran with (manifest and adapter digests).")
+
+
+class WorkerModel(BaseModel):
+    """What one ready worker holds."""
+
+    name: str
+    queues: list[str]
+    device: str
+    dtype: str
+    base_digest: str | None = Field(description="SHA-256 over the model manifest's file digests; None if unverified.")
+    loras: dict[str, str] = Field(description="Adapter name -> SHA-256 of its file.")
+    gpu_free_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+
+
+class ModelList(BaseModel):
+    data: list[WorkerModel]
 
 
 class ErrorBody(BaseModel):

@@ -64,6 +64,7 @@ class ApiSettings(CommonSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted input, width x height.")
     max_output_side: int = Field(2048, ge=16, description="Longest allowed output side.")
     max_output_pixels: int = Field(2048 * 2048, ge=256, description="Largest allowed output area.")
+    max_upscale_side: int = Field(2048, ge=16, description="Longest side an `upscale` job may produce.")
     fetch_timeout_seconds: float = Field(10.0, gt=0, description="Timeout when fetching an `image_url`.")
     fetch_allow_hosts: list[str] = Field(
         default_factory=list,

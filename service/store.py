@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis
 
 from service import events
-from service.jobs import JobError, JobRecord, JobStatus, StoredFile
+from service.jobs import JobError, JobRecord, JobStatus, RanWith, Stage, StoredFile
 from service.metrics import record_terminal
 
 Transition = Callable[[JobRecord], JobRecord | None]
@@ -108,15 +108,63 @@ class JobStore:
         return claimed if claimed is not None and claimed.status == JobStatus.RUNNING else None
 
     def renew(self, job_id: str, attempt: int) -> bool:
-        return self._if_current(job_id, attempt, {"lease_expires_at": time.time() + self.lease_seconds})
+        return self._if_current(job_id, attempt, {"lease_expires_at": time.time() + self.lease_seconds}) is not None
 
-    def set_progress(self, job_id: str, attempt: int, step: int, total: int) -> bool:
-        update = {"progress": {"step": step, "total": total}, "lease_expires_at": time.time() + self.lease_seconds}
-        return self._if_current(job_id, attempt, update)
+    def set_progress(self, job_id: str, attempt: int, step: int, total: int, stage: Stage = "denoising") -> bool:
+        """Record progress; True while the attempt should go on (still current, no cancel requested)."""
+        progress = {"step": step, "total": total, "stage": stage}
+        new = self._if_current(
+            job_id, attempt, {"progress": progress, "lease_expires_at": time.time() + self.lease_seconds}
+        )
+        return new is not None and new.cancel_requested_at is None
 
-    def succeed(self, job_id: str, attempt: int, outputs: dict[str, StoredFile]) -> bool:
-        update = {"status": JobStatus.SUCCEEDED, "outputs": outputs, "finished_at": time.time()}
-        return self._if_current(job_id, attempt, {**update, "lease_expires_at": None})
+    def set_stage(self, job_id: str, attempt: int, stage: Stage) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            return job.model_copy(update={"progress": job.progress.model_copy(update={"stage": stage})})
+
+        new = self.update(job_id, transition)
+        return new is not None and new.cancel_requested_at is None
+
+    def succeed(
+        self, job_id: str, attempt: int, outputs: dict[str, StoredFile], ran_with: RanWith | None = None
+    ) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            update = {
+                "status": JobStatus.SUCCEEDED,
+                "outputs": outputs,
+                "finished_at": time.time(),
+                "ran_with": ran_with,
+            }
+            progress = job.progress.model_copy(update={"stage": "done"})
+            return job.model_copy(update={**update, "lease_expires_at": None, "progress": progress})
+
+        return self.update(job_id, transition) is not None
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """A queued job is canceled at once; a running one is asked to stop at its next denoising step.
+        Returns the new record when this call changed the job."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            now = time.time()
+            if job.status == JobStatus.QUEUED:
+                return _canceled(job, job.progress.step)
+            if job.status == JobStatus.RUNNING and job.cancel_requested_at is None:
+                return job.model_copy(update={"cancel_requested_at": now})
+            return None
+
+        return self.update(job_id, transition)
+
+    def finish_canceled(self, job_id: str, attempt: int, steps_done: int) -> bool:
+        """The running attempt stopped on request after `steps_done` denoising steps."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            return _canceled(job, steps_done) if _is_current(job, attempt) else None
+
+        return self.update(job_id, transition) is not None
 
     def fail(self, job_id: str, attempt: int, code: str, message: str) -> bool:
         def transition(job: JobRecord) -> JobRecord | None:
@@ -143,17 +191,23 @@ class JobStore:
         members = cast(list[bytes], self.client.zrangebyscore(self._leases, "-inf", time.time()))
         return [member.decode() for member in members]
 
-    def _if_current(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
+    def _if_current(self, job_id: str, attempt: int, update: dict[str, Any]) -> JobRecord | None:
         def transition(job: JobRecord) -> JobRecord | None:
             if not _is_current(job, attempt):
                 return None
             return JobRecord.model_validate({**job.model_dump(), **update})
 
-        return self.update(job_id, transition) is not None
+        return self.update(job_id, transition)
 
 
 def _is_current(job: JobRecord, attempt: int) -> bool:
     return job.status == JobStatus.RUNNING and job.attempt == attempt
+
+
+def _canceled(job: JobRecord, steps_done: int) -> JobRecord:
+    progress = job.progress.model_copy(update={"step": steps_done, "stage": "done"})
+    update = {"status": JobStatus.CANCELED, "finished_at": time.time(), "lease_expires_at": None, "progress": progress}
+    return job.model_copy(update=update)
 
 
 def _failed(job: JobRecord, code: str, message: str) -> JobRecord:

@@ -65,7 +65,7 @@ async def _create_job(
     elif data is None and edit.input_key is not None:
         data = await run_in_threadpool(contract.uploads.read, caller.tenant, edit.input_key)
     assert data is not None, "read_edit_request guarantees one image source"
-    job = await run_in_threadpool(build_job, edit, data, settings)
+    job, stored_input = await run_in_threadpool(build_job, edit, data, settings)
     job = job.model_copy(
         update={
             "tenant": caller.tenant,
@@ -77,7 +77,7 @@ async def _create_job(
     )
     await run_in_threadpool(contract.limits.reserve, caller, owner(job), job.id)
     try:
-        await run_in_threadpool(contract.jobs.submit, job, data)
+        await run_in_threadpool(contract.jobs.submit, job, stored_input)
     except BaseException:
         await run_in_threadpool(contract.limits.release, owner(job), job.id)
         raise

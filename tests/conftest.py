@@ -58,6 +58,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
                 "CHRONOEDIT_S3_BUCKET": f"bucket-{name}",
                 "CHRONOEDIT_MODEL_DIR": str(tiny_model),
                 "CHRONOEDIT_DEVICE": "cpu",
+                "CHRONOEDIT_QUEUES": '["edits", "reasoning"]',
                 "CHRONOEDIT_HEARTBEAT_SECONDS": "1",
                 "CHRONOEDIT_RECONCILE_INTERVAL_SECONDS": "1",
                 "CHRONOEDIT_MAX_IMAGE_BYTES": str(2 * 1024 * 1024),

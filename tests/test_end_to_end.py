@@ -45,11 +45,11 @@ def test_multipart_edit_returns_png_and_mp4(client: httpx.Client, stack: Stack) 
     assert response.headers["location"] == f"/v1/edits/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "edit"
     assert job["params"]["seed"] >= 0, "a seed is drawn and recorded when absent"
-    assert job["progress"] == {"step": 0, "total": 3}
+    assert job["progress"] == {"step": 0, "total": 3, "stage": "queued"}
 
     done = wait_job(client, job["id"])
     assert done["status"] == "succeeded", done
-    assert done["progress"] == {"step": 3, "total": 3}
+    assert done["progress"] == {"step": 3, "total": 3, "stage": "done"}
     assert done["attempt"] == 1
     assert done["started_at"] <= done["finished_at"]
 

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -22,8 +23,18 @@ from chronoedit_core.encoding import encode_mp4, encode_png
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
-from chronoedit_core.runner import EditRequest, EditResult, EditRunner, RunnerOptions
-from service.jobs import JobRecord, StoredFile, attempt_prefix, output_key
+from chronoedit_core.loras import LoraSet
+from chronoedit_core.manifest import sha256_file, verify_manifest
+from chronoedit_core.runner import (
+    EditRequest,
+    EditResult,
+    EditRunner,
+    EditStopped,
+    RunnerOptions,
+    frames_to_images,
+    prepare_image,
+)
+from service.jobs import JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
 from service.logs import bind_log_context
 from service.metrics import init_job_series
 from service.storage import ObjectNotFound, StorageError, make_storage
@@ -32,6 +43,10 @@ from worker.metrics import StepTimer, WorkerMetrics, job_claimed, scrape_target,
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+
+EncodedFile = tuple[str, bytes, str, tuple[int, int]]
+"""An output ready to upload: file name, bytes, content type, (width, height)."""
 
 
 @dataclass
@@ -55,6 +70,11 @@ class WorkerRuntime:
         self.storage = make_storage(settings)
         self.placement = Placement.resolve(settings.device)
         self.runner: EditRunner | None = None
+        self.loras: LoraSet | None = None
+        self.base_digest: str | None = None
+        self.lora_digests: dict[str, str] = {}
+        self.model_loads = 0
+        """How many times this process loaded the base weights: once, whatever the jobs' adapters."""
         self.state = "starting"
         self.error: str | None = None
         self.current: CurrentJob | None = None
@@ -75,7 +95,14 @@ class WorkerRuntime:
         try:
             if self.settings.model_dir is None:
                 raise ChronoEditError("CHRONOEDIT_MODEL_DIR is not set", code="model_load_failed")
-            self.runner = EditRunner(load_pipeline(self.settings.model_dir, self.placement), self._runner_options())
+            model_dir = self.settings.model_dir
+            self.base_digest = verify_manifest(model_dir).digest if self.settings.verify_manifest else None
+            lora_files = self._lora_files(model_dir)
+            self.lora_digests = {name: sha256_file(path) for name, path in lora_files.items()}
+            pipe = load_pipeline(model_dir, self.placement)
+            self.model_loads += 1
+            self.loras = LoraSet(pipe, lora_files)
+            self.runner = EditRunner(pipe, self._runner_options())
             self._warm_up()
         except Exception as exc:
             self.error = str(exc)
@@ -85,6 +112,11 @@ class WorkerRuntime:
         self.metrics.model_loaded(self.load_seconds)
         logger.info("worker %s ready in %.1f s", self.settings.worker_name, self.load_seconds)
         self._set_state("ready")
+
+    def _lora_files(self, model_dir: Path) -> dict[str, Path]:
+        if self.settings.loras is not None:
+            return dict(self.settings.loras)
+        return {path.stem: path for path in sorted((model_dir / "loras").glob("*.safetensors"))}
 
     def _runner_options(self) -> RunnerOptions:
         compile_blocks = self.settings.compile
@@ -122,6 +154,10 @@ class WorkerRuntime:
             "dtype": str(self.placement.dtype).removeprefix("torch."),
             "queues": self.settings.queues,
             "job_id": self.current.job_id if self.current else None,
+            "base_digest": self.base_digest,
+            "loras": self.lora_digests,
+            "model_loads": self.model_loads,
+            **_gpu_memory(self.placement.device),
             "metrics_port": self.metrics_port,
             "metrics_target": scrape_target(self.settings, self.metrics_port) if self.metrics_port else None,
         }
@@ -158,11 +194,14 @@ class WorkerRuntime:
         self._announce()
         try:
             outputs = self._run(job)
-            if not self.store.succeed(job_id, job.attempt, outputs):
+            if not self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job)):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
             else:
                 logger.info("job succeeded", extra={"end_to_end_s": round(time.time() - job.created_at, 6)})
+        except EditStopped as exc:
+            logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
+            self.store.finish_canceled(job_id, job.attempt, exc.steps_done)
         except JobFailed as exc:
             self._fail(job, exc.code, exc.message)
         except Exception as exc:
@@ -176,15 +215,31 @@ class WorkerRuntime:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
         self.store.fail(job.id, job.attempt, code, message)
 
+    def _ran_with(self, job: JobRecord) -> RanWith:
+        loras = {name: self.lora_digests[name] for name in job.params.loras}
+        dtype = str(self.placement.dtype).removeprefix("torch.")
+        return RanWith(base_digest=self.base_digest, loras=loras, device=self.placement.device, dtype=dtype)
+
     def _run(self, job: JobRecord) -> dict[str, StoredFile]:
+        self._stage(job, "loading")
         with timed_stage(job, "input_load"):
             image = self._read_input(job)
         with timed_stage(job, "inference"):
             result = self._denoise(job, image)
+        self._stage(job, "uploading")
         with timed_stage(job, "encode"):
             files = self._encode(job, result)
         with timed_stage(job, "upload"):
-            return self._upload(job, files, result.image.size)
+            return self._upload(job, files)
+
+    def _stage(self, job: JobRecord, stage: Stage) -> None:
+        """Record the stage; a cancel asked for in between stops the job here."""
+        if not self.store.set_stage(job.id, job.attempt, stage):
+            raise EditStopped(self._steps_done(job))
+
+    def _steps_done(self, job: JobRecord) -> int:
+        current = self.store.get(job.id)
+        return current.progress.step if current else 0
 
     def _read_input(self, job: JobRecord) -> Any:
         try:
@@ -202,7 +257,7 @@ class WorkerRuntime:
         assert self.runner is not None, "execute() before start()"
         p = job.params
         request = EditRequest(
-            prompt=p.prompt,
+            prompt=p.model_prompt or p.prompt,
             negative_prompt=p.negative_prompt,
             width=p.width,
             height=p.height,
@@ -212,38 +267,47 @@ class WorkerRuntime:
             flow_shift=p.flow_shift,
             fp8=p.fp8,
             step_cache_threshold=p.step_cache,
+            temporal_reasoning=p.temporal_reasoning,
+            reasoning_steps=p.reasoning_steps,
         )
 
         step_timer = StepTimer(job)
 
-        def on_step(step: int, total: int) -> None:
+        def on_step(step: int, total: int) -> bool:
             step_timer(step, total)
-            self.store.set_progress(job.id, job.attempt, step, total)
+            return self.store.set_progress(job.id, job.attempt, step, total)
 
         try:
-            return self.runner.run(request, image, on_step=on_step)
+            assert self.loras is not None
+            self.loras.activate(p.loras)
+            latents = self.runner.denoise(request, prepare_image(image, p.width, p.height), on_step=on_step)
+            self._stage(job, "decoding")
+            return EditResult(frames=frames_to_images(self.runner.decode(latents, p.temporal_reasoning)))
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise JobFailed("out_of_memory", f"the job did not fit in device memory: {exc}") from exc
+        except EditStopped:
+            raise
         except ChronoEditError as exc:
             raise JobFailed(exc.code, exc.message) from exc
 
-    def _encode(self, job: JobRecord, result: EditResult) -> dict[str, tuple[str, bytes, str]]:
-        """Each requested output as (file name, bytes, content type)."""
-        files: dict[str, tuple[str, bytes, str]] = {}
+    def _encode(self, job: JobRecord, result: EditResult) -> dict[str, EncodedFile]:
+        """Each requested output, encoded; the image at the input's size when the job asks for it."""
+        files: dict[str, EncodedFile] = {}
         if "image" in job.params.outputs:
-            files["image"] = ("image.png", encode_png(result.image), "image/png")
+            image = result.image
+            if job.params.output_size == "input":  # back to the catalog's dimensions
+                image = image.resize((job.input.width, job.input.height), Image.Resampling.LANCZOS)
+            files["image"] = ("image.png", encode_png(image), "image/png", image.size)
         if "video" in job.params.outputs:
-            files["video"] = ("video.mp4", encode_mp4(result.frames, fps=job.params.fps), "video/mp4")
+            video = encode_mp4(result.frames, fps=job.params.fps)
+            files["video"] = ("video.mp4", video, "video/mp4", result.frames[0].size)
         return files
 
-    def _upload(
-        self, job: JobRecord, files: dict[str, tuple[str, bytes, str]], size: tuple[int, int]
-    ) -> dict[str, StoredFile]:
-        width, height = size
+    def _upload(self, job: JobRecord, files: dict[str, EncodedFile]) -> dict[str, StoredFile]:
         stored: dict[str, StoredFile] = {}
-        for name, (filename, data, content_type) in files.items():
+        for name, (filename, data, content_type, (width, height)) in files.items():
             key = output_key(job.id, job.attempt, filename)
             try:
                 self.storage.put(key, data, content_type)
@@ -251,3 +315,11 @@ class WorkerRuntime:
                 raise JobFailed("storage_error", f"writing the {name} output failed: {exc}") from exc
             stored[name] = StoredFile(key=key, content_type=content_type, width=width, height=height, bytes=len(data))
         return stored
+
+
+def _gpu_memory(device: str) -> dict[str, int]:
+    """Free and total memory of this worker's GPU, for `GET /v1/models`; nothing on a CPU worker."""
+    if not device.startswith("cuda"):
+        return {}
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return {"gpu_free_bytes": int(free), "gpu_total_bytes": int(total)}

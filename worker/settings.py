@@ -22,6 +22,14 @@ class WorkerSettings(CommonSettings):
     proc_alive_timeout_seconds: float = Field(
         600.0, gt=0, description="How long Celery waits for a child to load the model (DESIGN.md: above load time)."
     )
+    loras: dict[str, Path] | None = Field(
+        None,
+        description="Adapter name -> LoRA file, loaded once at start (JSON). Default: every `*.safetensors` in "
+        "`MODEL_DIR/loras`, under its file name (`distill`, `upscaler`, `paintbrush` are the names presets use).",
+    )
+    verify_manifest: bool = Field(
+        True, description="Check every weight file against `chronoedit-manifest.json` before becoming ready."
+    )
     compile: bool | None = Field(
         None, description="Regional torch.compile of the transformer blocks, paid at start; default: on for CUDA."
     )
