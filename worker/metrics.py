@@ -192,3 +192,11 @@ def _nvml_handle(index: int) -> object | None:
     except (pynvml.NVMLError, AttributeError, RuntimeError):  # no driver library, no UUID, no such device
         logger.info("NVML unavailable; device-wide GPU memory comes from cudaMemGetInfo", exc_info=True)
         return None
+
+
+def gpu_memory_info(device: str) -> dict[str, int]:
+    """Free and total memory of this worker's GPU, for `GET /v1/models`; nothing on a CPU worker."""
+    if not device.startswith("cuda"):
+        return {}
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return {"gpu_free_bytes": int(free), "gpu_total_bytes": int(total)}

@@ -39,7 +39,15 @@ from service.logs import bind_log_context
 from service.metrics import init_job_series
 from service.storage import ObjectNotFound, StorageError, make_storage
 from service.store import JobStore, WorkerRegistry
-from worker.metrics import StepTimer, WorkerMetrics, job_claimed, scrape_target, start_exporter, timed_stage
+from worker.metrics import (
+    StepTimer,
+    WorkerMetrics,
+    gpu_memory_info,
+    job_claimed,
+    scrape_target,
+    start_exporter,
+    timed_stage,
+)
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -157,7 +165,7 @@ class WorkerRuntime:
             "base_digest": self.base_digest,
             "loras": self.lora_digests,
             "model_loads": self.model_loads,
-            **_gpu_memory(self.placement.device),
+            **gpu_memory_info(self.placement.device),
             "metrics_port": self.metrics_port,
             "metrics_target": scrape_target(self.settings, self.metrics_port) if self.metrics_port else None,
         }
@@ -315,11 +323,3 @@ class WorkerRuntime:
                 raise JobFailed("storage_error", f"writing the {name} output failed: {exc}") from exc
             stored[name] = StoredFile(key=key, content_type=content_type, width=width, height=height, bytes=len(data))
         return stored
-
-
-def _gpu_memory(device: str) -> dict[str, int]:
-    """Free and total memory of this worker's GPU, for `GET /v1/models`; nothing on a CPU worker."""
-    if not device.startswith("cuda"):
-        return {}
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return {"gpu_free_bytes": int(free), "gpu_total_bytes": int(total)}
