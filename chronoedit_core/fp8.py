@@ -34,6 +34,15 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_fp8", (weight / scale).to(FP8), persistent=False)
         self.register_buffer("weight_scale", scale.t().contiguous(), persistent=False)  # [1, out]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The original weight, for code that inspects it (peft's LoRA layers read `base_layer.weight`)."""
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return self.linear(x)
@@ -58,10 +67,14 @@ def supported(device: torch.device) -> bool:
 
 
 def wrap_linears(blocks: nn.Module) -> int:
-    """Replace every `nn.Linear` under `blocks` whose sides are multiples of 16 by an `Fp8Linear`; returns how many."""
+    """Replace every `nn.Linear` under `blocks` whose sides are multiples of 16 by an `Fp8Linear`; returns how many.
+
+    LoRA adapters' own small matrices (peft's `lora_A` / `lora_B`) stay in bf16; the base layer they wrap goes FP8.
+    """
     targets = [
         (parent, name, child)
-        for parent in blocks.modules()
+        for path, parent in blocks.named_modules()
+        if "lora_" not in path
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0
     ]

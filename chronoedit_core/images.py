@@ -58,7 +58,7 @@ def decode_image(data: bytes, limits: ImageLimits, keep_alpha: bool = False) -> 
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height} px, above the limit of {limits.max_pixels} px"
         )
-    fmt = image.format or ""
+    fmt = "JPEG" if image.format == "MPO" else (image.format or "")  # multi-picture JPEGs from phones
     try:
         image.seek(0)  # first frame of an animation
         image.load()

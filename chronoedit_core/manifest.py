@@ -3,7 +3,8 @@ verifies it before it becomes ready.
 
 `chronoedit manifest DIR` writes `DIR/chronoedit-manifest.json`; `verify_manifest(DIR)` re-hashes every listed file
 (in parallel threads: hashlib releases the GIL) and raises `ManifestError` naming each mismatch, missing file or
-unlisted weight file. The manifest's own digest (over the sorted file digests) identifies the base model on jobs.
+unlisted file. Every file is listed, weights and the configs and tokenizer beside them. The manifest's own digest
+(over the sorted file digests) identifies the base model on jobs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from chronoedit_core.errors import ChronoEditError
 
 MANIFEST_NAME = "chronoedit-manifest.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 CHUNK = 8 * 1024 * 1024
 
 
@@ -48,7 +48,8 @@ def sha256_file(path: Path) -> str:
 
 
 def weight_files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    """Every file of the model folder but the manifest itself, as paths relative to the folder."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
 
 def _hash_all(folder: Path, names: list[str], threads: int) -> dict[str, str]:

@@ -142,6 +142,9 @@ def _upscale_size(edit: EditCreate, width: int, height: int, settings: ApiSettin
         return _checked(_output_size(edit, width, height, settings), limit)
     scale = edit.scale or 2.0
     factor = min(scale, limit / max(width, height))
+    if factor <= 1:
+        message = f"the input's long side ({max(width, height)} px) is already at the upscale limit of {limit} px"
+        raise ApiError(422, "invalid_size", message)
     size = (max(16, int(width * factor) // 16 * 16), max(16, int(height * factor) // 16 * 16))
     return _checked(size, limit)
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.errors import ApiError, validation_error
@@ -102,7 +103,7 @@ async def fetch_image(url: str, settings: ApiSettings) -> bytes:
     Redirects are not followed (each hop would need the same address check).
     """
     host = urlsplit(url).hostname or ""
-    _check_public(host, settings.fetch_allow_hosts)
+    await run_in_threadpool(_check_public, host, settings.fetch_allow_hosts)  # DNS must not block the event loop
     limit = settings.max_image_bytes
     try:
         async with (

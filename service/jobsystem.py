@@ -34,7 +34,10 @@ class JobSystem:
         """Input first, then the record, then the message: a worker never sees a job whose input is missing."""
         self.storage.put(job.input.key, input_data, job.input.content_type)
         self.store.create(job)
-        publish(self.celery, job)
+        try:
+            publish(self.celery, job)
+        except Exception:  # the record is stored: the reconciler publishes it again, so nothing is lost
+            logger.exception("job %s: publishing failed; the reconciler will retry", job.id)
         logger.info("job %s submitted", job.id, extra={"job_id": job.id})
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -67,8 +70,10 @@ class JobSystem:
         return "no worker registered"
 
     def reconcile_once(self) -> int:
-        """Re-enqueue running jobs whose lease expired (their worker died); returns how many were requeued."""
-        requeued = 0
+        """Re-enqueue running jobs whose lease expired (their worker died) and re-publish queued jobs whose message
+        may be lost (a broker restart, a failed publish); returns how many were requeued. Duplicates are harmless:
+        a worker's claim drops a message for a job that is running or finished."""
+        requeued = self._republish_stale()
         for job_id in self.store.expired_leases():
             job = self.store.requeue_if_expired(job_id)
             if job is None:
@@ -80,6 +85,19 @@ class JobSystem:
             else:
                 logger.error("job %s: worker lost on every attempt; failed", job_id)
         return requeued
+
+    def _republish_stale(self) -> int:
+        count = 0
+        for job_id in self.store.stale_queued(self.settings.republish_after_seconds):
+            job = self.store.get(job_id)
+            if job is not None and job.status == "queued":
+                publish(self.celery, job)
+                count += 1
+                logger.warning(
+                    "job %s: still queued after %.0f s; published again", job_id, self.settings.republish_after_seconds
+                )
+            self.store.mark_published(job_id)
+        return count
 
     def start_reconciler(self, interval_seconds: float) -> None:
         def loop() -> None:

@@ -96,7 +96,8 @@ def list_edits(
     responses={**AUTH_ERRORS, 409: ERR},
     summary="Cancel an edit",
     description="A queued job ends `canceled` at once. A running job stops at its next denoising step (the GPU is "
-    "free within one step) and ends `canceled`; `progress.step` says how many steps ran. Canceling a canceled job "
+    "free within one step) and ends `canceled`; `progress.step` says how many steps ran. A cancel that arrives after "
+    "the last step, while the outputs are uploaded, may still see the job succeed. Canceling a canceled job "
     "answers it again; a succeeded or failed one answers 409 `job_finished`.",
     tags=["edits"],
 )

@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
 
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose worker is silent this long is re-run.")
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts before a job whose worker keeps dying fails.")
+    republish_after_seconds: float = Field(
+        1800.0, gt=0, description="A job still queued this long has its message published again (lost messages)."
+    )
     visibility_timeout_seconds: int = Field(
         6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
     )

@@ -27,6 +27,8 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._leases = f"{prefix}:leases"
+        self._published = f"{prefix}:published"
+        """Queued jobs by when their message was last published; the reconciler re-publishes stale ones."""
         self.keys = events.JobKeys(prefix)
 
     def _key(self, job_id: str) -> str:
@@ -43,6 +45,7 @@ class JobStore:
                     raise KeyError(f"job {record.id} exists already")
                 pipe.multi()
                 pipe.set(key, record.model_dump_json())
+                pipe.zadd(self._published, {record.id: now})
                 events.apply(pipe, self.keys, None, record, now)
                 pipe.execute()
             except redis.WatchError as exc:
@@ -71,6 +74,10 @@ class JobStore:
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
                     events.apply(pipe, self.keys, old, new, now)
+                    if new.status == JobStatus.QUEUED and old.status != JobStatus.QUEUED:
+                        pipe.zadd(self._published, {job_id: now})
+                    elif new.status != JobStatus.QUEUED:
+                        pipe.zrem(self._published, job_id)
                     if new.status == JobStatus.RUNNING and new.lease_expires_at is not None:
                         pipe.zadd(self._leases, {job_id: new.lease_expires_at})
                     else:
@@ -91,6 +98,8 @@ class JobStore:
             lease_live = job.lease_expires_at is not None and job.lease_expires_at > now
             if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
                 return None
+            if job.cancel_requested_at is not None:  # asked to stop while its worker was gone
+                return _canceled(job, job.progress.step)
             if job.attempt >= self.max_attempts:
                 return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")
             return job.model_copy(
@@ -180,12 +189,24 @@ class JobStore:
             expired = job.lease_expires_at is not None and job.lease_expires_at <= time.time()
             if job.status != JobStatus.RUNNING or not expired:
                 return None
+            if job.cancel_requested_at is not None:
+                return _canceled(job, job.progress.step)
             if job.attempt >= self.max_attempts:
                 message = f"the worker stopped responding during each of {job.attempt} attempts"
                 return _failed(job, "worker_lost", message)
             return job.model_copy(update={"status": JobStatus.QUEUED, "lease_expires_at": None, "worker": None})
 
         return self.update(job_id, transition)
+
+    def stale_queued(self, older_than_seconds: float) -> list[str]:
+        """Jobs queued (or last re-published) longer ago than this: their message may be lost."""
+        members = cast(
+            list[bytes], self.client.zrangebyscore(self._published, "-inf", time.time() - older_than_seconds)
+        )
+        return [member.decode() for member in members]
+
+    def mark_published(self, job_id: str) -> None:
+        self.client.zadd(self._published, {job_id: time.time()}, xx=True)
 
     def expired_leases(self) -> list[str]:
         members = cast(list[bytes], self.client.zrangebyscore(self._leases, "-inf", time.time()))

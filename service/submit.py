@@ -19,6 +19,7 @@ from service.idempotency import REPLAY_HEADER, StoredResponse, fingerprint
 from service.inputs import fetch_image, read_edit_request
 from service.jobs import TERMINAL_EVENTS, JobRecord
 from service.schemas import EditCreate
+from service.storage import StorageError
 from service.webhooks import WebhookUrlError, check_webhook_url
 
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)")
@@ -78,6 +79,9 @@ async def _create_job(
     await run_in_threadpool(contract.limits.reserve, caller, owner(job), job.id)
     try:
         await run_in_threadpool(contract.jobs.submit, job, stored_input)
+    except StorageError as exc:
+        await run_in_threadpool(contract.limits.release, owner(job), job.id)
+        raise ApiError(503, "storage_unavailable", f"storing the input failed: {exc}") from exc
     except BaseException:
         await run_in_threadpool(contract.limits.release, owner(job), job.id)
         raise

@@ -251,3 +251,9 @@ def test_worker_refuses_weights_that_do_not_match_the_manifest(make_stack, tiny_
     assert "does not match its manifest" in stack.log("tampered")
     with stack.client() as client:
         assert client.get("/readyz").status_code == 503
+
+
+def test_upscale_never_shrinks(client: httpx.Client) -> None:
+    wide = sample_image(2100, 64)
+    response = client.post("/v1/edits", json={"kind": "upscale", "image_base64": b64(wide)})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_size"

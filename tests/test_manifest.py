@@ -21,7 +21,8 @@ def model(tiny_model: Path, tmp_path: Path) -> Path:
 def test_manifest_lists_every_weight_file_and_verifies(model: Path) -> None:
     manifest = verify_manifest(model)
     assert "transformer/diffusion_pytorch_model.safetensors" in manifest.files
-    assert len(manifest.files) == 7  # transformer, text encoder, image encoder, VAE and the three LoRAs
+    on_disk = {str(p.relative_to(model)) for p in model.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
+    assert set(manifest.files) == on_disk, "weights, LoRAs, configs and tokenizer: every file"
     assert "loras/paintbrush.safetensors" in manifest.files
     assert len(manifest.digest) == 64 and manifest.digest == build_manifest(model).digest
 

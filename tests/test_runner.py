@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from chronoedit_core.errors import ChronoEditError
@@ -74,3 +75,23 @@ def test_fp8_needs_a_worker_prepared_for_it(runner: EditRunner, image: Image.Ima
     with pytest.raises(ChronoEditError) as error:
         runner.run(dataclasses.replace(BASE, fp8=True), image)
     assert error.value.code == "fp8_unavailable"
+
+
+def test_fp8_wrapping_leaves_lora_layers_working() -> None:
+    """FP8 goes under a LoRA's base layer, never into its adapter matrices; off, the layer is unchanged."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from torch import nn
+
+    from chronoedit_core.fp8 import Fp8Linear, fp8_enabled, wrap_linears
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["0", "2"], init_lora_weights=False), model)
+    x = torch.randn(3, 32)
+    reference = model(x)
+    assert wrap_linears(model) == 2
+    assert not any(isinstance(m, Fp8Linear) for name, m in model.named_modules() if "lora_" in name)
+    assert torch.equal(model(x), reference)
+    with fp8_enabled(model, True):
+        approximate = model(x)
+    assert 0 < float((approximate - reference).norm() / reference.norm()) < 0.1

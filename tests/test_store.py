@@ -95,3 +95,21 @@ def test_reconciler_requeues_then_fails_at_the_cap(store: JobStore) -> None:
     failed = store.requeue_if_expired(job.id)
     assert failed.status == JobStatus.FAILED and failed.error.code == "worker_lost"
     assert store.claim(job.id, "c") is None
+
+
+def test_cancel_asked_while_the_worker_was_gone_ends_canceled(store: JobStore) -> None:
+    job = new_job(store)
+    store.claim(job.id, "a")
+    assert store.request_cancel(job.id).cancel_requested_at is not None
+    time.sleep(0.6)  # the worker died: its lease runs out
+    ended = store.requeue_if_expired(job.id)
+    assert ended.status == JobStatus.CANCELED, "not re-run, not failed"
+
+
+def test_queued_jobs_are_listed_for_republishing_until_claimed(store: JobStore) -> None:
+    job = new_job(store)
+    assert job.id in store.stale_queued(older_than_seconds=0)
+    assert job.id not in store.stale_queued(older_than_seconds=60)
+    store.mark_published(job.id)
+    store.claim(job.id, "a")
+    assert job.id not in store.stale_queued(older_than_seconds=0)

@@ -105,3 +105,11 @@ def test_local_storage_signed_urls(tmp_path: Path) -> None:
     storage.delete_prefix("jobs/a/")
     with pytest.raises(ObjectNotFound):
         storage.get("jobs/a/out.png")
+
+
+def test_multi_picture_jpeg_is_a_jpeg() -> None:
+    frames = [Image.new("RGB", (16, 16), (200, 10, 10)), Image.new("RGB", (16, 16), (10, 10, 200))]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    decoded = decode_image(data, LIMITS)
+    assert decoded.format == "JPEG" and decoded.content_type == "image/jpeg"
+    assert decoded.image.getpixel((8, 8))[0] > 150, "the first picture"

@@ -89,3 +89,24 @@ def test_killed_pool_child_is_replaced_and_job_reruns(make_stack) -> None:
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2
     assert committed_attempts(stack, job_id) == {"2"}
+
+
+def test_lost_message_is_published_again(make_stack) -> None:
+    """The broker lost a queued job's message (a Redis restart without persistence, say): the reconciler publishes
+    it again and the job runs."""
+    import redis
+
+    stack = make_stack("lost", CHRONOEDIT_REPUBLISH_AFTER_SECONDS="2")
+    stack.start_api()
+    with stack.client() as client:
+        response = client.post(
+            "/v1/edits",
+            files={"image": ("p.png", sample_image(), "image/png")},
+            data={"prompt": "x", "num_inference_steps": "1", "width": "32", "height": "32"},
+        )
+        job_id = response.json()["id"]
+        broker = redis.Redis.from_url(stack.env["CHRONOEDIT_REDIS_URL"])
+        assert broker.delete("edits") == 1, "the message is gone"
+        stack.start_worker("late")
+        done = wait_job(client, job_id, timeout=60)
+    assert done["status"] == "succeeded" and done["attempt"] == 1

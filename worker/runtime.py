@@ -180,13 +180,16 @@ class WorkerRuntime:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
-            try:
-                self._announce()
-                current = self.current
-                if current is not None:
-                    self.store.renew(current.job_id, current.attempt)
-            except redis.RedisError:
-                logger.warning("heartbeat failed; retrying", exc_info=True)
+            for beat in (self._renew_lease, self._announce):  # the lease first: it matters most
+                try:
+                    beat()
+                except Exception:  # the heartbeat outlives any one failure (Redis, CUDA, metrics)
+                    logger.warning("heartbeat failed; retrying", exc_info=True)
+
+    def _renew_lease(self) -> None:
+        current = self.current
+        if current is not None:
+            self.store.renew(current.job_id, current.attempt)
 
     # --- running a job -----------------------------------------------------------------------------------------
 
@@ -198,9 +201,9 @@ class WorkerRuntime:
             return
         bind_log_context(request_id=job.request_id, attempt=job.attempt)
         job_claimed(job, self.placement.device)
-        self.current = CurrentJob(job_id, job.attempt)
-        self._announce()
         try:
+            self.current = CurrentJob(job_id, job.attempt)
+            self._announce()
             outputs = self._run(job)
             if not self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job)):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
