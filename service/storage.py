@@ -122,15 +122,7 @@ class S3Storage:
         self._call("put_object", Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def get(self, key: str) -> bytes:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            return body.read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFound(key) from exc
-            raise StorageError(str(exc)) from exc
-        except BotoCoreError as exc:
-            raise StorageError(str(exc)) from exc
+        return self._read("get_object", key)["Body"].read()
 
     def delete_prefix(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -140,8 +132,12 @@ class S3Storage:
                 self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": objects})
 
     def size(self, key: str) -> int:
+        return int(self._read("head_object", key)["ContentLength"])
+
+    def _read(self, operation: str, key: str) -> dict:
+        """An object operation whose missing key is `ObjectNotFound`, every other failure `StorageError`."""
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            return getattr(self.client, operation)(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ObjectNotFound(key) from exc

@@ -11,8 +11,9 @@ import uuid
 import pytest
 import redis
 
-from service.jobs import EditParams, JobRecord, StoredFile
+from service.jobs import JobRecord, StoredFile
 from service.store import JobStore
+from tests.records import job_record
 
 
 @pytest.fixture
@@ -22,18 +23,7 @@ def store(redis_server: str) -> JobStore:
 
 
 def create(store: JobStore, **fields: object) -> JobRecord:
-    params = EditParams(
-        prompt="x",
-        seed=1,
-        num_inference_steps=5,
-        guidance_scale=5,
-        flow_shift=5,
-        width=16,
-        height=16,
-        outputs=["image"],
-    )
-    stored = StoredFile(key="k", content_type="image/png", width=16, height=16, bytes=1)
-    job = JobRecord(id=uuid.uuid4().hex, params=params, input=stored, **fields)
+    job = job_record(steps=5, **fields)
     store.create(job)
     return job
 

@@ -9,8 +9,9 @@ import uuid
 import pytest
 import redis
 
-from service.jobs import EditParams, JobRecord, JobStatus, StoredFile
+from service.jobs import JobRecord, JobStatus, StoredFile
 from service.store import JobStore
+from tests.records import job_record
 
 
 @pytest.fixture
@@ -20,18 +21,7 @@ def store(redis_server: str) -> JobStore:
 
 
 def new_job(store: JobStore) -> JobRecord:
-    params = EditParams(
-        prompt="x",
-        seed=1,
-        num_inference_steps=2,
-        guidance_scale=5,
-        flow_shift=5,
-        width=16,
-        height=16,
-        outputs=["image"],
-    )
-    stored = StoredFile(key="k", content_type="image/png", width=16, height=16, bytes=1)
-    job = JobRecord(id=uuid.uuid4().hex, params=params, input=stored)
+    job = job_record(steps=2)
     store.create(job)
     return job
 
