@@ -24,6 +24,7 @@ from PIL import Image
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.fp8 import fp8_enabled, wrap_linears
 from chronoedit_core.fp8 import supported as fp8_supported
+from chronoedit_core.memory import available_bytes, require_fit
 
 EDIT_FRAMES = 5
 """Without temporal reasoning the pipeline always renders 5 frames (2 latent frames): input ... edit."""
@@ -146,6 +147,8 @@ class EditRunner:
             raise ValueError(
                 f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
             )
+        if device.type == "cuda":
+            require_fit(request.width, request.height, request.num_frames, available_bytes(device))
         if request.fp8 and not self.options.fp8:
             message = "this worker was not started with FP8 weights (CHRONOEDIT_FP8)"
             raise ChronoEditError(message, code="fp8_unavailable")

@@ -139,19 +139,19 @@ def _upscale_size(edit: EditCreate, width: int, height: int, settings: ApiSettin
     if edit.width is not None or edit.height is not None:
         if edit.scale is not None:
             raise ApiError(422, "invalid_size", "give `scale` or `width`/`height`, not both")
-        return _checked(_output_size(edit, width, height, settings), limit)
+        return _checked(_output_size(edit, width, height, settings), settings)
     scale = edit.scale or 2.0
     factor = min(scale, limit / max(width, height))
     if factor <= 1:
         message = f"the input's long side ({max(width, height)} px) is already at the upscale limit of {limit} px"
         raise ApiError(422, "invalid_size", message)
     size = (max(16, int(width * factor) // 16 * 16), max(16, int(height * factor) // 16 * 16))
-    return _checked(size, limit)
+    return _checked(size, settings)
 
 
-def _checked(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def _checked(size: tuple[int, int], settings: ApiSettings) -> tuple[int, int]:
     try:
-        check_output_size(*size, max_side=max_side, max_area=max_side * max_side)
+        check_output_size(*size, max_side=settings.max_upscale_side, max_area=settings.max_output_pixels)
     except ValueError as exc:
         raise ApiError(422, "invalid_size", str(exc)) from exc
     return size

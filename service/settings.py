@@ -66,7 +66,12 @@ class ApiSettings(CommonSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest accepted input file.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest accepted input, width x height.")
     max_output_side: int = Field(2048, ge=16, description="Longest allowed output side.")
-    max_output_pixels: int = Field(2048 * 2048, ge=256, description="Largest allowed output area.")
+    max_output_pixels: int = Field(
+        2048 * 1536,
+        ge=256,
+        description="Largest allowed output area. 2048x2048 does not fit beside the 14B model on a 141 GB H200 "
+        "(bench/results/memory_profile_h200.json); workers also refuse what their GPU cannot hold.",
+    )
     max_upscale_side: int = Field(2048, ge=16, description="Longest side an `upscale` job may produce.")
     fetch_timeout_seconds: float = Field(10.0, gt=0, description="Timeout when fetching an `image_url`.")
     fetch_allow_hosts: list[str] = Field(
