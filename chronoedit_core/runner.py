@@ -80,6 +80,9 @@ class RunnerOptions:
     """Regional `torch.compile` of the repeated transformer blocks; paid once at warm-up."""
     compile_mode: str | None = None
     """`torch.compile` mode, e.g. `max-autotune-no-cudagraphs`; None is the default mode."""
+    compile_dynamic: bool | None = None
+    """`torch.compile(dynamic=...)`: True compiles one graph for every token count (every image size and frame
+    count); None lets dynamo specialise on the first shape and go dynamic when a second one comes."""
     attention_backend: str | None = None
     """A diffusers attention backend name (e.g. `_native_cudnn`); None keeps the default (PyTorch SDPA)."""
     fp8: bool = False
@@ -129,7 +132,7 @@ class EditRunner:
                 raise ChronoEditError("FP8 matrix multiplies need a CUDA GPU of compute capability 8.9 or newer")
             wrap_linears(transformer.blocks)
         if self.options.compile:
-            _compile_blocks(transformer, self.options.compile_mode)
+            _compile_blocks(transformer, self.options.compile_mode, self.options.compile_dynamic)
 
     @property
     def device(self) -> torch.device:
@@ -221,14 +224,14 @@ class EditRunner:
         return _StepCache(self.pipe.transformer, threshold)
 
 
-def _compile_blocks(transformer: Any, mode: str | None = None) -> None:
+def _compile_blocks(transformer: Any, mode: str | None = None, dynamic: bool | None = None) -> None:
     """Regional compilation: each repeated block's `forward` is compiled (shapes: 5 and 29 frames compile once each).
 
     Unlike `compile_repeated_blocks`, which compiles the module call, this leaves room for diffusers' cache hooks to
     wrap the compiled forward from outside (dynamo cannot trace the hooks themselves).
     """
     for block in transformer.blocks:
-        block.forward = torch.compile(block.forward, fullgraph=True, mode=mode)
+        block.forward = torch.compile(block.forward, fullgraph=True, mode=mode, dynamic=dynamic)
 
 
 def _drop_reasoning_frames(

@@ -130,12 +130,18 @@ class WorkerRuntime:
         compile_blocks = self.settings.compile
         if compile_blocks is None:
             compile_blocks = self.placement.device.startswith("cuda")
+        # dynamic: one compiled graph serves every image size and frame count (measured on an H200: 0.4% slower per
+        # step than a graph specialised to 1280x720, and no 7 s recompile at the first new size; compile_shapes_h200)
         return RunnerOptions(
-            compile=compile_blocks, attention_backend=self.settings.attention_backend, fp8=self.settings.fp8
+            compile=compile_blocks,
+            compile_dynamic=True,
+            attention_backend=self.settings.attention_backend,
+            fp8=self.settings.fp8,
         )
 
     def _warm_up(self) -> None:
-        """With compilation on, pay it now rather than in the first job: one step at the default 1280x720 size."""
+        """With compilation on, pay it now rather than in the first job: one step at 1280x720 compiles the
+        shape-generic graph every later size and frame count reuses."""
         assert self.runner is not None
         if not self.runner.options.compile:
             return
