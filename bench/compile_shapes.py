@@ -56,9 +56,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     pipe = build_real_pipeline("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    for component in (pipe.transformer, pipe.text_encoder, pipe.image_encoder, pipe.vae):
-        component.eval()
     results: dict[str, Any] = {}
     for label, dynamic in (("specialised", None), ("dynamic", True)):
         reset_compile(pipe)

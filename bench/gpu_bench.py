@@ -109,6 +109,13 @@ def build_real_pipeline(device: str) -> ChronoEditPipeline:
         scheduler=scheduler,
     )
     pipe.set_progress_bar_config(disable=True)
+    return _for_inference(pipe)
+
+
+def _for_inference(pipe: ChronoEditPipeline) -> ChronoEditPipeline:
+    """Built modules start in training mode: UMT5's dropout would make two runs differ."""
+    for component in (pipe.transformer, pipe.text_encoder, pipe.image_encoder, pipe.vae):
+        component.eval()
     return pipe
 
 
@@ -272,8 +279,6 @@ def main() -> None:
     pipe = build_tiny_pipeline() if args.tiny else build_real_pipeline(device)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    for component in (pipe.transformer, pipe.text_encoder, pipe.image_encoder, pipe.vae):
-        component.eval()  # built modules start in training mode: UMT5's dropout would make runs differ
     meta["build_s"] = time.perf_counter() - started
     if device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()

@@ -25,9 +25,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     pipe = build_real_pipeline("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    for component in (pipe.transformer, pipe.text_encoder, pipe.image_encoder, pipe.vae):
-        component.eval()
     runner = EditRunner(pipe)
     torch.cuda.synchronize()
     resident = torch.cuda.memory_allocated()

@@ -39,8 +39,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     pipe = build_real_pipeline("cuda")
-    for component in (pipe.transformer, pipe.text_encoder, pipe.image_encoder, pipe.vae):
-        component.eval()
     runner = EditRunner(pipe)
     image = Image.new("RGB", (1280, 720), (180, 120, 60))
     request = EditRequest(prompt=PROMPT, width=1280, height=720, seed=0, num_inference_steps=8, guidance_scale=1.0)

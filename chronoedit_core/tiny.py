@@ -99,7 +99,7 @@ def build_tiny_pipeline(seed: int = 0) -> ChronoEditPipeline:
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
-    return ChronoEditPipeline(
+    pipe = ChronoEditPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         image_encoder=image_encoder,
@@ -108,6 +108,9 @@ def build_tiny_pipeline(seed: int = 0) -> ChronoEditPipeline:
         vae=vae,
         scheduler=scheduler,
     )
+    for component in (transformer, text_encoder, image_encoder, vae):
+        component.eval()  # modules start in training mode; UMT5's dropout would make runs differ
+    return pipe
 
 
 TINY_LORAS = {"distill": "diffusers", "upscaler": "diffusers", "paintbrush": "wan"}

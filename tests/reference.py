@@ -45,10 +45,13 @@ def stock_frames(
     return (frames * 255).clip(0, 255).astype("uint8")
 
 
-def stock_last_frame(model_dir: Path, image_bytes: bytes, params: dict) -> np.ndarray:
-    """The edited image for API-style parameters; the input is resized as the official scripts do."""
+def stock_last_frame(
+    model_dir: Path, image_bytes: bytes, params: dict, pipe: ChronoEditPipeline | None = None
+) -> np.ndarray:
+    """The edited image for a job's `params` (the prompt the model saw, when recorded); the input is resized as the
+    official scripts do."""
     request = EditRequest(
-        prompt=params["prompt"],
+        prompt=params.get("model_prompt") or params["prompt"],
         negative_prompt=params["negative_prompt"],
         width=params["width"],
         height=params["height"],
@@ -58,4 +61,4 @@ def stock_last_frame(model_dir: Path, image_bytes: bytes, params: dict) -> np.nd
         flow_shift=params["flow_shift"],
     )
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((request.width, request.height))
-    return stock_frames(model_dir, request, image)[-1]
+    return stock_frames(model_dir, request, image, pipe=pipe)[-1]

@@ -18,8 +18,7 @@ from diffusers import ChronoEditPipeline
 from PIL import Image, ImageDraw
 
 from chronoedit_core.manifest import read_manifest, sha256_file
-from chronoedit_core.runner import EditRequest
-from tests.reference import stock_frames
+from tests.reference import stock_last_frame
 from tests.stack import Stack, sample_image, wait_job
 
 pytestmark = pytest.mark.stack
@@ -79,18 +78,7 @@ def test_each_kind_and_mode_matches_stock_with_the_same_adapters(
         pipe.set_adapters(params["loras"], adapter_weights=[1.0] * len(params["loras"]))
     else:
         pipe.disable_lora()
-    request = EditRequest(
-        prompt=params["model_prompt"],
-        negative_prompt="",
-        width=params["width"],
-        height=params["height"],
-        seed=params["seed"],
-        num_inference_steps=params["num_inference_steps"],
-        guidance_scale=params["guidance_scale"],
-        flow_shift=params["flow_shift"],
-    )
-    image = Image.open(io.BytesIO(sample_image(48, 36, seed=4))).convert("RGB")
-    expected = stock_frames(tiny_model, request, image.resize((request.width, request.height)), pipe=pipe)[-1]
+    expected = stock_last_frame(tiny_model, sample_image(48, 36, seed=4), params, pipe=pipe)
     assert np.abs(download_image(done) - expected.astype(int)).max() <= 2
 
 
