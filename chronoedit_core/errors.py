@@ -1,5 +1,5 @@
 """Errors raised by chronoedit_core. Each carries a stable machine-readable `code`; the API maps them to HTTP
-statuses in one place (`service/errors.py`) and the worker records them on failed jobs.
+statuses in one place (`service/api/errors.py`) and the worker records them on failed jobs.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ tenant ids, and HTTP routes as templates.
 
 Where each family is exported: the API serves `/metrics`; each worker process runs its own exporter
 (`worker/metrics.py`). Jobs are counted by whichever process makes the terminal transition (`JobStore.update`
-calls `record_terminal`), so `sum(chronoedit_jobs_total)` over all targets counts each job exactly once.
+calls `record_terminal`, `service/jobs/metrics.py`), so `sum(chronoedit_jobs_total)` over all targets counts each
+job exactly once.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from prometheus_client import Counter, Histogram
-
-from service.jobs import JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +59,6 @@ STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
 WebhookOutcome = Literal["success", "http_error", "network_error", "refused"]
 """Per delivery attempt: a 2xx answer; another status; no answer (connect error, timeout); target refused by policy."""
 
-KNOWN_KINDS_MODES = (("edit", "standard"),)
-"""Label combinations created at zero on start, so `rate()` sees a job's first increment. Add lanes here."""
-
 JOBS = Counter(
     "chronoedit_jobs",
     "Jobs that reached a terminal state, counted once by the process that made the transition.",
@@ -75,39 +71,6 @@ JOB_STAGE_SECONDS = Histogram(
     buckets=STAGE_BUCKETS,
 )
 WEBHOOK_DELIVERIES = Counter("chronoedit_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])
-
-
-def job_labels(job: JobRecord) -> tuple[str, str]:
-    """(kind, mode) of a job. Every job is a standard edit until the record grows a `mode` (fast, reasoning lanes);
-    this is the one place that then changes."""
-    return job.kind, str(getattr(job, "mode", "standard"))
-
-
-def init_job_series() -> None:
-    """Create the known label combinations at zero (a series that appears at 1 hides its first increment)."""
-    for kind, mode in KNOWN_KINDS_MODES:
-        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            JOBS.labels(kind, mode, status.value)
-    for outcome in get_args(WebhookOutcome):
-        WEBHOOK_DELIVERIES.labels(outcome)
-
-
-def observe_stage(job: JobRecord, stage: Stage, seconds: float) -> None:
-    """Record one stage duration of `job`."""
-    JOB_STAGE_SECONDS.labels(*job_labels(job), stage).observe(max(seconds, 0.0))
-
-
-def record_terminal(before: JobRecord, after: JobRecord) -> None:
-    """Count a job that just reached a terminal state, once; a success also records its end-to-end time.
-
-    Called by `JobStore.update` after its transaction committed, so a retried or lost transaction never counts.
-    """
-    if before.status.is_terminal() or not after.status.is_terminal():
-        return
-    kind, mode = job_labels(after)
-    JOBS.labels(kind, mode, after.status.value).inc()
-    if after.status == JobStatus.SUCCEEDED and after.finished_at is not None:
-        observe_stage(after, "end_to_end", after.finished_at - after.created_at)
 
 
 def file_sd_targets(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:

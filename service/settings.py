@@ -87,7 +87,7 @@ class ApiSettings(CommonSettings):
         description="Celery queues whose depth `/metrics` reports, besides those registered workers consume.",
     )
 
-    # --- the client contract (issue 4): keys, webhooks, idempotency, waiting, retention, uploads ---------------
+    # --- clients: keys and limits, webhooks, idempotency, waiting, retention, uploads ------------------------------
     auth_required: bool = Field(
         True,
         description="Every `/v1` request needs `Authorization: Bearer <key>`. Off: requests without a key belong to "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded import free_port, start_redis
+from service.cli.processes import free_port, start_redis
 from tests.stack import DEFAULT_WEBHOOK_SECRET, S3_ENV, Stack, start_moto
 
 _databases = itertools.count(0)

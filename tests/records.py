@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from service.jobs import EditParams, JobRecord, StoredFile
+from service.jobs.record import EditParams, JobRecord, StoredFile
 
 
 def job_record(steps: int = 2, **fields: object) -> JobRecord:

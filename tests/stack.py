@@ -17,7 +17,7 @@ import boto3
 import httpx
 from PIL import Image
 
-from service.embedded import Child, free_port, python_module, wait_for_port, wait_http
+from service.cli.processes import Child, free_port, python_module, wait_for_port, wait_http
 
 S3_ENV = {
     "CHRONOEDIT_STORAGE_BACKEND": "s3",

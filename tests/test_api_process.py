@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from service.app import create_app
-from service.openapi import DOCUMENT_PATH, render
+from service.api.app import create_app
+from service.api.openapi import DOCUMENT_PATH, render
 from service.settings import ApiSettings
 
 
@@ -58,8 +58,8 @@ def test_api_runs_without_torch(redis_server: str) -> None:
         import os
         os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/14"
         from fastapi.testclient import TestClient
-        from service.app import create_app
-        import service.cli, service.jobsystem, service.storage, service.queue, service.webhook_worker
+        from service.api.app import create_app
+        import service.cli, service.jobs.system, service.storage, service.jobs.queue, service.webhooks.worker
         with TestClient(create_app()) as client:
             assert client.get("/healthz").status_code == 200
             assert client.get("/readyz").status_code == 503

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook
 
-from service.auth import new_webhook_secret
-from service.idempotency import fingerprint
+from service.api.idempotency import fingerprint
+from service.api.submit import parse_prefer
+from service.keys import new_webhook_secret
 from service.netguard import AddressForbidden, check_public_host
-from service.submit import parse_prefer
-from service.webhooks import WebhookUrlError, check_webhook_url
+from service.webhooks.attempts import WebhookUrlError, check_webhook_url
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "localhost"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.embedded import free_port
+from service.cli.processes import free_port
 from tests.stack import wait_job
 
 pytestmark = pytest.mark.stack

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from service.jobs import JobRecord, StoredFile
-from service.store import JobStore
+from service.jobs.record import JobRecord, StoredFile
+from service.jobs.store import JobStore
 from tests.records import job_record
 
 

@@ -14,11 +14,11 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from service.app import create_app
+from service.api.app import create_app
+from service.jobs.store import JobStore
 from service.logs import JsonFormatter, PlainFormatter, bind_log_context, current_context, log_context
 from service.metrics import record_webhook_delivery
 from service.settings import ApiSettings
-from service.store import JobStore
 from tests.test_store import new_job, output
 
 LABELS = {"kind": "edit", "mode": "standard"}

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from service.embedded import python_module
+from service.cli.processes import python_module
 from tests.stack import ApiKeyInfo, Stack, sample_image, wait_job
 
 pytestmark = pytest.mark.stack

@@ -14,8 +14,8 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
+from service.jobs.queue import RUN_EDIT_TASK, make_celery
 from service.logs import log_context
-from service.queue import RUN_EDIT_TASK, make_celery
 from worker.logs import configure_worker_logging
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings

@@ -19,9 +19,10 @@ from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.jobs import JobRecord
+from service.jobs.metrics import job_labels, observe_stage
+from service.jobs.record import JobRecord
 from service.logs import log_context
-from service.metrics import Stage, job_labels, observe_stage
+from service.metrics import Stage
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)

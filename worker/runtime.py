@@ -34,11 +34,12 @@ from chronoedit_core.runner import (
     frames_to_images,
     prepare_image,
 )
-from service.jobs import JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
+from service.jobs.metrics import init_job_series
+from service.jobs.record import JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
+from service.jobs.registry import WorkerRegistry
+from service.jobs.store import JobStore
 from service.logs import bind_log_context
-from service.metrics import init_job_series
 from service.storage import ObjectNotFound, StorageError, make_storage
-from service.store import JobStore, WorkerRegistry
 from worker.metrics import (
     StepTimer,
     WorkerMetrics,

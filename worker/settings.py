@@ -1,4 +1,4 @@
-"""The worker's settings: the common contract with the API plus where the model is and how to run it."""
+"""The worker's settings: what it shares with the API (`CommonSettings`) plus where the model is and how to run it."""
 
 from __future__ import annotations
 

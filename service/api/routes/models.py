@@ -1,0 +1,20 @@
+"""What the workers hold: their queues, devices, weights and adapters."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import Caller, ServicesDep
+from service.api.routes.responses import AUTH_ERRORS
+from service.api.schemas import ModelList, WorkerModel
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/models", response_model=ModelList, responses=AUTH_ERRORS, summary="What the workers hold", tags=["models"]
+)
+def list_models(caller: Caller, services: ServicesDep) -> ModelList:
+    """Each ready worker: its queues, device, dtype, base model digest, LoRA digests and free GPU memory."""
+    workers = [w for w in services.jobs.registry.workers() if w.get("ready")]
+    return ModelList(data=[WorkerModel.model_validate(w) for w in sorted(workers, key=lambda w: w["name"])])

@@ -1,0 +1,155 @@
+"""The `chronoedit` command line: `serve` (the embedded stack), `api`, `worker`, `make-tiny-model`, `openapi`.
+
+Commands import what they need when they run, so `chronoedit api` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from service.cli.keys import add_keys_parser
+from service.cli.serve import cmd_serve
+from service.logs import configure_logging
+from service.settings import ApiSettings
+
+
+def cmd_api(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+
+    settings = ApiSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    # log_config=None: uvicorn's loggers go through ours; its access log is replaced by service.access's lines.
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    from worker.logs import configure_worker_logging
+    from worker.settings import WorkerSettings
+
+    # Before the model libraries load and Celery starts, so their warnings are log lines too.
+    configure_worker_logging(WorkerSettings())
+    from worker.app import app, settings
+
+    argv = [
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        f"--queues={','.join(settings.queues)}",
+        f"--hostname={settings.worker_name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_metrics_targets(args: argparse.Namespace) -> int:
+    """Registered workers' metrics endpoints as Prometheus file_sd targets, on stdout or atomically to a file."""
+    import json
+    import os
+
+    import redis
+
+    from service.jobs.registry import WorkerRegistry
+    from service.metrics import file_sd_targets
+
+    settings = ApiSettings()
+    registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url), settings.key_prefix)
+    text = json.dumps(file_sd_targets(registry.workers()), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="")
+        return 0
+    partial = Path(f"{args.output}.tmp")
+    partial.write_text(text)
+    os.replace(partial, args.output)  # Prometheus never reads a half-written file
+    return 0
+
+
+def cmd_webhook_worker(_: argparse.Namespace) -> int:
+    from service.webhooks.worker import run
+
+    run()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.cli.keys import run_keys
+
+    return run_keys(args)
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from chronoedit_core.tiny import write_tiny_model
+
+    path = write_tiny_model(Path(args.directory), seed=args.seed)
+    print(f"wrote a tiny random ChronoEdit checkpoint to {path} (its images are noise)")
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from chronoedit_core.manifest import verify_manifest, write_manifest
+
+    folder = Path(args.directory)
+    if args.verify:
+        print(f"{folder} matches its manifest (digest {verify_manifest(folder).digest})")
+        return 0
+    print(f"wrote {write_manifest(folder)}")
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from service.api.app import create_app
+    from service.api.openapi import DOCUMENT_PATH, render
+
+    text = render(create_app(ApiSettings()))
+    if args.check:
+        same = DOCUMENT_PATH.exists() and DOCUMENT_PATH.read_text() == text
+        print("openapi/openapi.json is up to date" if same else "openapi/openapi.json is out of date")
+        return 0 if same else 1
+    DOCUMENT_PATH.write_text(text)
+    print(f"wrote {DOCUMENT_PATH}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chronoedit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run Redis, local storage, one worker and the API together")
+    serve.add_argument("--data-dir", default="var", help="where the embedded stack keeps its files")
+    serve.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for a ready worker")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
+    sub.add_parser("worker", help="run a GPU worker (Celery)").set_defaults(func=cmd_worker)
+    targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
+    targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    targets.set_defaults(func=cmd_metrics_targets)
+    sub.add_parser("webhook-worker", help="run a webhook delivery worker (Celery, no model)").set_defaults(
+        func=cmd_webhook_worker
+    )
+    add_keys_parser(sub).set_defaults(func=cmd_keys)
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random ChronoEdit checkpoint")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_make_tiny_model)
+    manifest = sub.add_parser("manifest", help="write (or --verify) the SHA-256 manifest of a model folder")
+    manifest.add_argument("directory")
+    manifest.add_argument("--verify", action="store_true", help="check the folder against its manifest instead")
+    manifest.set_defaults(func=cmd_manifest)
+    spec = sub.add_parser("openapi", help="write openapi/openapi.json from the app")
+    spec.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is out of date")
+    spec.set_defaults(func=cmd_openapi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling would log every request
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

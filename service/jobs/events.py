@@ -1,0 +1,141 @@
+"""What a job's state change sets off, written in the same Redis transaction as the change itself.
+
+`JobStore` (the one place where transitions happen) calls `mark` before and `apply` inside each MULTI, so the
+worker's runtime needs no webhook or index code, and an event is emitted if and only if its transition committed:
+- a message on the job's pub/sub channel (server-sent events and `Prefer: wait` listen to it), every change;
+- a pending webhook delivery (record + due-time entry) when the job subscribed to the event; `progress` events are
+  throttled to one per `PROGRESS_EVENT_SECONDS`; the webhook worker dispatches what is due (transactional outbox);
+- the indexes: the tenant's job list, the queue order (queue position), finished jobs (retention), each key's
+  unfinished jobs (quota), and recent run durations per profile (ETA).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from service.jobs.record import EventType, JobRecord, JobStatus
+
+PROGRESS_EVENT_SECONDS = 2.0
+"""Smallest gap between two `progress` webhooks of one job; server-sent events get every step."""
+
+DURATION_SAMPLES = 20
+STATUS_EVENTS: dict[JobStatus, EventType] = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "started",
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELED: "canceled",
+}
+
+
+class JobKeys:
+    """Names of the Redis keys around job records, in one place for the store, the API and the webhook worker."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queued = f"{prefix}:queued"
+        self.finished = f"{prefix}:finished"
+        self.webhooks_due = f"{prefix}:webhooks:due"
+
+    def channel(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def active(self, owner: str) -> str:
+        return f"{self.prefix}:active:{owner}"
+
+    def deliveries(self, job_id: str) -> str:
+        return f"{self.prefix}:deliveries:{job_id}"
+
+    def durations(self, profile: str) -> str:
+        return f"{self.prefix}:durations:{profile}"
+
+
+def owner(job: JobRecord) -> str:
+    """Who the concurrent-job quota counts the job against: its API key, else its tenant."""
+    return job.key_id or f"tenant:{job.tenant}"
+
+
+def profile(job: JobRecord) -> str:
+    """Jobs with the same profile take about as long: kind, steps, output size and outputs."""
+    p = job.params
+    return f"{job.kind}:{p.num_inference_steps}:{p.width}x{p.height}:{'+'.join(sorted(p.outputs))}"
+
+
+def event_of(old: JobRecord | None, new: JobRecord) -> EventType | None:
+    """The event a change is, or None for changes nobody is told about (lease renewals, file deletion)."""
+    if old is None or old.status != new.status:
+        return STATUS_EVENTS[new.status]
+    if new.status == JobStatus.RUNNING and old.attempt != new.attempt:
+        return "started"  # a re-claim under an expired lease
+    if new.progress.step != old.progress.step:
+        return "progress"
+    return None
+
+
+def wants_webhook(job: JobRecord, event: EventType | None) -> bool:
+    return event is not None and job.webhook is not None and event in job.webhook_events
+
+
+def mark(old: JobRecord | None, new: JobRecord, now: float) -> JobRecord:
+    """Throttle `progress` webhooks: return `new` stamped when this change emits one, else with the old stamp."""
+    if event_of(old, new) != "progress" or not wants_webhook(new, "progress"):
+        return new
+    last = old.progress_event_at if old is not None else None
+    if last is not None and now - last < PROGRESS_EVENT_SECONDS:
+        return new.model_copy(update={"progress_event_at": last})
+    return new.model_copy(update={"progress_event_at": now})
+
+
+def apply(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: float) -> None:
+    """Queue every side effect of `old -> new` on `pipe` (inside MULTI)."""
+    event = event_of(old, new)
+    if event is None:
+        return
+    _index(pipe, keys, old, new, now)
+    pipe.publish(keys.channel(new.id), json.dumps({"event": event, "job": new.model_dump(mode="json")}))
+    throttled = event == "progress" and (new.progress_event_at != now)
+    if wants_webhook(new, event) and not throttled:
+        _add_delivery(pipe, keys, new, event, now)
+
+
+def _index(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: float) -> None:
+    if old is None:
+        pipe.zadd(keys.tenant_jobs(new.tenant), {new.id: new.created_at})
+    if new.status == JobStatus.QUEUED:
+        pipe.zadd(keys.queued, {new.id: now}, nx=True)
+    else:
+        pipe.zrem(keys.queued, new.id)
+    if new.status.is_terminal():
+        pipe.zadd(keys.finished, {new.id: new.finished_at or now})
+        pipe.zrem(keys.active(owner(new)), new.id)
+    if new.status == JobStatus.SUCCEEDED and new.started_at is not None:
+        seconds = str(round((new.finished_at or now) - new.started_at, 3))
+        for name in (profile(new), "all"):
+            pipe.lpush(keys.durations(name), seconds)
+            pipe.ltrim(keys.durations(name), 0, DURATION_SAMPLES - 1)
+
+
+def new_delivery(job: JobRecord, event: EventType, now: float) -> dict[str, Any]:
+    """A pending delivery; its `id` is the `webhook-id`, the same for every attempt."""
+    return {
+        "id": f"msg_{uuid.uuid4().hex}",
+        "job_id": job.id,
+        "event": event,
+        "url": job.webhook,
+        "status": "pending",
+        "created_at": now,
+        "next_attempt_at": now,
+        "attempts": [],
+        "snapshot": job.model_dump(mode="json"),
+    }
+
+
+def _add_delivery(pipe: Any, keys: JobKeys, job: JobRecord, event: EventType, now: float) -> None:
+    delivery = new_delivery(job, event, now)
+    pipe.hset(keys.deliveries(job.id), delivery["id"], json.dumps(delivery))
+    pipe.zadd(keys.webhooks_due, {f"{job.id}/{delivery['id']}": now})

@@ -1,0 +1,133 @@
+"""The job record: the single source of truth about a job, shared by the API and the workers.
+
+It lives in Redis as JSON (see `service/jobs/store.py`); the Celery message carries only the job id. Attempts make
+redelivery harmless: a worker claims a job by bumping `attempt`, writes outputs under attempt-scoped keys, and only
+the current attempt may finalise.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+OutputName = Literal["image", "video"]
+Kind = Literal["edit", "upscale", "sketch"]
+Mode = Literal["standard", "fast"]
+Stage = Literal["queued", "loading", "denoising", "decoding", "uploading", "done"]
+EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
+TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
+DEFAULT_TENANT = "default"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class EditParams(BaseModel):
+    """Resolved parameters: everything that determines the output, the drawn seed and output size included."""
+
+    mode: Mode = "standard"
+    prompt: str
+    """The user's text."""
+    model_prompt: str = ""
+    """What the model was given: the user's text in the kind's prompt template."""
+    negative_prompt: str = ""
+    loras: list[str] = Field(default_factory=list)
+    """Adapters active for this job, from the kind and mode's preset."""
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    flow_shift: float
+    width: int
+    height: int
+    outputs: list[OutputName]
+    fps: int = 16
+    fp8: bool = False
+    step_cache: float | None = None
+    temporal_reasoning: bool = False
+    reasoning_steps: int | None = None
+    output_size: Literal["model", "input"] = "model"
+
+
+class StoredFile(BaseModel):
+    key: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+    stage: Stage = "queued"
+
+
+class RanWith(BaseModel):
+    """The weights a job ran with: the base model's manifest digest and each active adapter's file digest."""
+
+    base_digest: str | None
+    loras: dict[str, str] = Field(default_factory=dict)
+    device: str
+    dtype: str
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: Kind = "edit"
+    status: JobStatus = JobStatus.QUEUED
+    params: EditParams
+    input: StoredFile
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: Progress = Field(default_factory=Progress)
+    attempt: int = 0
+    """Number of times a worker claimed the job; the current attempt is the only one allowed to finalise."""
+    lease_expires_at: float | None = None
+    worker: str | None = None
+    outputs: dict[str, StoredFile] = Field(default_factory=dict)
+    error: JobError | None = None
+    request_id: str | None = None
+    """The `X-Request-ID` of the request that created the job, so the worker's log lines carry it."""
+    tenant: str = DEFAULT_TENANT
+    """The tenant that owns the job; every other tenant gets 404."""
+    key_id: str | None = None
+    """The API key that submitted the job (its webhook secret signs the job's webhooks); None without a key."""
+    webhook: str | None = None
+    webhook_events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS))
+    progress_event_at: float | None = None
+    """When the last `progress` webhook was emitted; they are throttled (see `service/jobs/events.py`)."""
+    files_deleted_at: float | None = None
+    """When the job's inputs and outputs were deleted (by `DELETE` or by retention)."""
+    cancel_requested_at: float | None = None
+    """Set by `POST /v1/edits/{id}/cancel` on a running job; its worker stops at the next denoising step."""
+    ran_with: RanWith | None = None
+
+
+def input_key(job_id: str, extension: str) -> str:
+    return f"jobs/{job_id}/input/image.{extension}"
+
+
+def output_key(job_id: str, attempt: int, name: str) -> str:
+    """Attempt-scoped: a redelivered task writes beside, never over, another attempt's files."""
+    return f"jobs/{job_id}/attempts/{attempt}/{name}"
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/attempts/{attempt}/"

@@ -1,0 +1,241 @@
+"""Job records in Redis. Every state transition of a job happens here, each one an
+optimistic transaction (WATCH/MULTI) on the job's key, so concurrent workers, redelivered messages and the
+reconciler can never both win.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+
+from service.jobs import events
+from service.jobs.metrics import record_terminal
+from service.jobs.record import JobError, JobRecord, JobStatus, RanWith, Stage, StoredFile
+
+Transition = Callable[[JobRecord], JobRecord | None]
+"""Takes the current record and returns the new one, or None to leave it unchanged."""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str, lease_seconds: float, max_attempts: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self._leases = f"{prefix}:leases"
+        self._published = f"{prefix}:published"
+        """Queued jobs by when their message was last published; the reconciler re-publishes stale ones."""
+        self.keys = events.JobKeys(prefix)
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def create(self, record: JobRecord) -> None:
+        """Store a new record; its `queued` event and index entries commit with it (one MULTI) or not at all."""
+        key, now = self._key(record.id), time.time()
+        record = events.mark(None, record, now)
+        with self.client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.exists(key):
+                    raise KeyError(f"job {record.id} exists already")
+                pipe.multi()
+                pipe.set(key, record.model_dump_json())
+                pipe.zadd(self._published, {record.id: now})
+                events.apply(pipe, self.keys, None, record, now)
+                pipe.execute()
+            except redis.WatchError as exc:
+                raise KeyError(f"job {record.id} exists already") from exc
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.client.get(self._key(job_id))
+        return JobRecord.model_validate_json(raw) if raw is not None else None
+
+    def update(self, job_id: str, transition: Transition) -> JobRecord | None:
+        """Apply `transition` atomically; returns the new record, or None if the job is missing or unchanged."""
+        key = self._key(job_id)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    old = JobRecord.model_validate_json(raw)
+                    new = transition(old)
+                    if new is None:
+                        return None
+                    now = time.time()
+                    new = events.mark(old, new, now)
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    events.apply(pipe, self.keys, old, new, now)
+                    if new.status == JobStatus.QUEUED and old.status != JobStatus.QUEUED:
+                        pipe.zadd(self._published, {job_id: now})
+                    elif new.status != JobStatus.QUEUED:
+                        pipe.zrem(self._published, job_id)
+                    if new.status == JobStatus.RUNNING and new.lease_expires_at is not None:
+                        pipe.zadd(self._leases, {job_id: new.lease_expires_at})
+                    else:
+                        pipe.zrem(self._leases, job_id)
+                    pipe.execute()
+                    record_terminal(old, new)  # after the commit: a job is counted once, by whoever finished it
+                    return new
+                except redis.WatchError:
+                    continue
+
+    # --- transitions -------------------------------------------------------------------------------------------
+
+    def claim(self, job_id: str, worker: str) -> JobRecord | None:
+        """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            now = time.time()
+            lease_live = job.lease_expires_at is not None and job.lease_expires_at > now
+            if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
+                return None
+            if job.cancel_requested_at is not None:  # asked to stop while its worker was gone
+                return _canceled(job, job.progress.step)
+            if job.attempt >= self.max_attempts:
+                return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")
+            return job.model_copy(
+                update={
+                    "status": JobStatus.RUNNING,
+                    "attempt": job.attempt + 1,
+                    "worker": worker,
+                    "started_at": now,
+                    "lease_expires_at": now + self.lease_seconds,
+                    "progress": job.progress.model_copy(update={"step": 0}),
+                }
+            )
+
+        claimed = self.update(job_id, transition)
+        return claimed if claimed is not None and claimed.status == JobStatus.RUNNING else None
+
+    def renew(self, job_id: str, attempt: int) -> bool:
+        return self._if_current(job_id, attempt, {"lease_expires_at": time.time() + self.lease_seconds}) is not None
+
+    def set_progress(self, job_id: str, attempt: int, step: int, total: int, stage: Stage = "denoising") -> bool:
+        """Record progress; True while the attempt should go on (still current, no cancel requested)."""
+        progress = {"step": step, "total": total, "stage": stage}
+        new = self._if_current(
+            job_id, attempt, {"progress": progress, "lease_expires_at": time.time() + self.lease_seconds}
+        )
+        return new is not None and new.cancel_requested_at is None
+
+    def set_stage(self, job_id: str, attempt: int, stage: Stage) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            return job.model_copy(update={"progress": job.progress.model_copy(update={"stage": stage})})
+
+        new = self.update(job_id, transition)
+        return new is not None and new.cancel_requested_at is None
+
+    def succeed(
+        self, job_id: str, attempt: int, outputs: dict[str, StoredFile], ran_with: RanWith | None = None
+    ) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            update = {
+                "status": JobStatus.SUCCEEDED,
+                "outputs": outputs,
+                "finished_at": time.time(),
+                "ran_with": ran_with,
+            }
+            progress = job.progress.model_copy(update={"stage": "done"})
+            return job.model_copy(update={**update, "lease_expires_at": None, "progress": progress})
+
+        return self.update(job_id, transition) is not None
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """A queued job is canceled at once; a running one is asked to stop at its next denoising step.
+        Returns the new record when this call changed the job."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            now = time.time()
+            if job.status == JobStatus.QUEUED:
+                return _canceled(job, job.progress.step)
+            if job.status == JobStatus.RUNNING and job.cancel_requested_at is None:
+                return job.model_copy(update={"cancel_requested_at": now})
+            return None
+
+        return self.update(job_id, transition)
+
+    def finish_canceled(self, job_id: str, attempt: int, steps_done: int) -> bool:
+        """The running attempt stopped on request after `steps_done` denoising steps."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            return _canceled(job, steps_done) if _is_current(job, attempt) else None
+
+        return self.update(job_id, transition) is not None
+
+    def fail(self, job_id: str, attempt: int, code: str, message: str) -> bool:
+        def transition(job: JobRecord) -> JobRecord | None:
+            return _failed(job, code, message) if _is_current(job, attempt) else None
+
+        return self.update(job_id, transition) is not None
+
+    def requeue_if_expired(self, job_id: str) -> JobRecord | None:
+        """Reconciler step: a running job whose lease expired goes back to `queued` (or fails past the attempt cap).
+        Returns the new record when this call made the change."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            expired = job.lease_expires_at is not None and job.lease_expires_at <= time.time()
+            if job.status != JobStatus.RUNNING or not expired:
+                return None
+            if job.cancel_requested_at is not None:
+                return _canceled(job, job.progress.step)
+            if job.attempt >= self.max_attempts:
+                message = f"the worker stopped responding during each of {job.attempt} attempts"
+                return _failed(job, "worker_lost", message)
+            return job.model_copy(update={"status": JobStatus.QUEUED, "lease_expires_at": None, "worker": None})
+
+        return self.update(job_id, transition)
+
+    def stale_queued(self, older_than_seconds: float) -> list[str]:
+        """Jobs queued (or last re-published) longer ago than this: their message may be lost."""
+        members = cast(
+            list[bytes], self.client.zrangebyscore(self._published, "-inf", time.time() - older_than_seconds)
+        )
+        return [member.decode() for member in members]
+
+    def mark_published(self, job_id: str) -> None:
+        self.client.zadd(self._published, {job_id: time.time()}, xx=True)
+
+    def expired_leases(self) -> list[str]:
+        members = cast(list[bytes], self.client.zrangebyscore(self._leases, "-inf", time.time()))
+        return [member.decode() for member in members]
+
+    def _if_current(self, job_id: str, attempt: int, update: dict[str, Any]) -> JobRecord | None:
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not _is_current(job, attempt):
+                return None
+            return JobRecord.model_validate({**job.model_dump(), **update})
+
+        return self.update(job_id, transition)
+
+
+def _is_current(job: JobRecord, attempt: int) -> bool:
+    return job.status == JobStatus.RUNNING and job.attempt == attempt
+
+
+def _canceled(job: JobRecord, steps_done: int) -> JobRecord:
+    progress = job.progress.model_copy(update={"step": steps_done, "stage": "done"})
+    update = {"status": JobStatus.CANCELED, "finished_at": time.time(), "lease_expires_at": None, "progress": progress}
+    return job.model_copy(update=update)
+
+
+def _failed(job: JobRecord, code: str, message: str) -> JobRecord:
+    return job.model_copy(
+        update={
+            "status": JobStatus.FAILED,
+            "error": JobError(code=code, message=message),
+            "finished_at": time.time(),
+            "lease_expires_at": None,
+        }
+    )

@@ -1,0 +1,130 @@
+"""A job as clients see it: the body of `GET /v1/edits/{id}`, of its server-sent events and of every webhook, with
+download URLs signed for the reader and, once finished, when its files expire."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import urljoin
+
+from pydantic import BaseModel, Field
+
+from service.jobs.record import EventType, JobRecord, JobStatus, Kind, Mode, OutputName, RanWith, Stage
+from service.storage import Storage
+
+
+class EditParamsView(BaseModel):
+    mode: Mode
+    prompt: str
+    model_prompt: str = Field(description="What the model was given: the prompt in the kind's template.")
+    negative_prompt: str
+    loras: list[str]
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    flow_shift: float
+    width: int
+    height: int
+    outputs: list[OutputName]
+    fps: int
+    fp8: bool
+    step_cache: float | None
+    temporal_reasoning: bool
+    reasoning_steps: int | None
+    output_size: Literal["model", "input"]
+
+
+class FileView(BaseModel):
+    url: str = Field(description="Downloads the file; expires (presigned S3 URL or signed API URL).")
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class InputView(BaseModel):
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+class ProgressView(BaseModel):
+    step: int = Field(description="Denoising steps done (of a canceled job: how many ran).")
+    total: int
+    stage: Stage
+
+
+class ErrorView(BaseModel):
+    code: str
+    message: str
+
+
+class JobView(BaseModel):
+    id: str
+    object: Literal["edit"] = "edit"
+    kind: Kind
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: EditParamsView
+    input: InputView
+    progress: ProgressView
+    attempt: int = Field(description="How many times a worker started this job.")
+    outputs: dict[OutputName, FileView] = Field(description="Present once the job succeeded.")
+    error: ErrorView | None
+    queue_position: int | None = Field(None, description="While queued: 1 is next to start.")
+    eta_seconds: float | None = Field(
+        None, description="While queued: estimated seconds until it finishes, from recent jobs of the same profile."
+    )
+    expires_at: datetime | None = Field(None, description="When the input and outputs of a finished job are deleted.")
+    files_deleted_at: datetime | None = Field(None, description="When its files were deleted (DELETE or retention).")
+    webhook: str | None = None
+    webhook_events: list[EventType] = Field(default_factory=list)
+    cancel_requested_at: datetime | None = Field(None, description="When a cancel was asked for a running job.")
+    ran_with: RanWith | None = Field(None, description="The weights the job ran with (manifest and adapter digests).")
+
+
+def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, retention: int | None = None) -> JobView:
+    """The public view of a job; `retention` (seconds) gives finished jobs their `expires_at`."""
+    outputs = {
+        name: FileView(
+            url=urljoin(base_url, storage.url(f.key, url_ttl)),
+            content_type=f.content_type,
+            width=f.width,
+            height=f.height,
+            bytes=f.bytes,
+        )
+        for name, f in job.outputs.items()
+    }
+    return JobView(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        created_at=timestamp(job.created_at),
+        started_at=timestamp(job.started_at),
+        finished_at=timestamp(job.finished_at),
+        params=EditParamsView(**job.params.model_dump()),
+        input=InputView(**job.input.model_dump(exclude={"key"})),
+        progress=ProgressView(**job.progress.model_dump()),
+        attempt=job.attempt,
+        outputs=outputs,
+        cancel_requested_at=timestamp(job.cancel_requested_at),
+        ran_with=job.ran_with,
+        error=ErrorView(**job.error.model_dump()) if job.error else None,
+        expires_at=_expires_at(job, retention),
+        files_deleted_at=timestamp(job.files_deleted_at),
+        webhook=job.webhook,
+        webhook_events=job.webhook_events if job.webhook else [],
+    )
+
+
+def _expires_at(job: JobRecord, retention: int | None) -> datetime | None:
+    if retention is None or job.finished_at is None or job.files_deleted_at is not None:
+        return None
+    return timestamp(job.finished_at + retention)
+
+
+def timestamp(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None

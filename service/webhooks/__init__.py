@@ -1,0 +1,1 @@
+"""Webhook delivery: the delivery records and their schedule, one signed attempt, and the webhook worker process."""

@@ -1,0 +1,65 @@
+"""Webhook delivery records and their schedule in Redis.
+
+A delivery is created by the job store in the transaction of the change it reports (`service/jobs/events.py`) and
+lives in Redis: `<prefix>:deliveries:<job id>` (hash of delivery id -> record, attempts included) and
+`<prefix>:webhooks:due` (sorted set of `<job id>/<delivery id>` by due time). The webhook worker claims what is due
+and runs one attempt per Celery task (`service/webhooks/worker.py`, `service/webhooks/attempts.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, cast
+
+import redis
+
+from service.jobs.events import JobKeys
+
+CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
+return due
+"""
+"""Atomically take the due deliveries and push them a lease into the future: if the dispatcher dies before the task
+runs, the delivery comes due again after the lease instead of being lost."""
+
+
+class Deliveries:
+    """Delivery records and the due-time schedule."""
+
+    def __init__(self, client: redis.Redis, keys: JobKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._claim = client.register_script(CLAIM_DUE)
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        values = cast(dict[bytes, bytes], self.client.hgetall(self.keys.deliveries(job_id)))
+        return sorted((json.loads(v) for v in values.values()), key=lambda d: d["created_at"])
+
+    def get(self, job_id: str, delivery_id: str) -> dict[str, Any] | None:
+        raw = self.client.hget(self.keys.deliveries(job_id), delivery_id)
+        return json.loads(cast(bytes, raw)) if raw is not None else None
+
+    def save(self, delivery: dict[str, Any], due_at: float | None) -> None:
+        """Store the record; schedule it at `due_at`, or take it off the schedule when None."""
+        member = f"{delivery['job_id']}/{delivery['id']}"
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.keys.deliveries(delivery["job_id"]), delivery["id"], json.dumps(delivery))
+            if due_at is None:
+                pipe.zrem(self.keys.webhooks_due, member)
+            else:
+                pipe.zadd(self.keys.webhooks_due, {member: due_at})
+            pipe.execute()
+
+    def redeliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        """Back to `pending`, due now, with a fresh retry schedule; the id (and so `webhook-id`) stays."""
+        now = time.time()
+        again = {**delivery, "status": "pending", "next_attempt_at": now, "round_attempts": 0}
+        self.save(again, now)
+        return again
+
+    def claim_due(self, lease_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
+        now = time.time()
+        members = cast(list[bytes], self._claim(keys=[self.keys.webhooks_due], args=[now, now + lease_seconds, limit]))
+        return [cast(tuple[str, str], tuple(m.decode().split("/", 1))) for m in members]
