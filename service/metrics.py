@@ -36,10 +36,12 @@ _API: frozenset[Literal["api", "worker"]] = frozenset({"api"})
 _WORKER: frozenset[Literal["api", "worker"]] = frozenset({"worker"})
 
 FAMILIES: dict[str, Family] = {
-    "chronoedit_jobs_total": Family("counter", ("kind", "mode", "status"), _BOTH),
+    "chronoedit_jobs_total": Family("counter", ("kind", "mode", "lane", "status"), _BOTH),
     "chronoedit_job_stage_seconds": Family("histogram", ("kind", "mode", "stage"), _BOTH),
     "chronoedit_denoise_step_seconds": Family("histogram", ("kind", "mode"), _WORKER),
     "chronoedit_queue_depth": Family("gauge", ("queue",), _API),
+    "chronoedit_batch_items_pending": Family("gauge", (), _API),
+    "chronoedit_result_cache_lookups_total": Family("counter", ("outcome",), _WORKER),
     "chronoedit_worker_busy": Family("gauge", ("worker",), _WORKER),
     "chronoedit_worker_ready": Family("gauge", ("worker",), _WORKER),
     "chronoedit_model_load_seconds": Family("gauge", ("worker",), _WORKER),
@@ -61,8 +63,9 @@ WebhookOutcome = Literal["success", "http_error", "network_error", "refused"]
 
 JOBS = Counter(
     "chronoedit_jobs",
-    "Jobs that reached a terminal state, counted once by the process that made the transition.",
-    ["kind", "mode", "status"],
+    "Jobs that reached a terminal state, counted once by the process that made the transition; lane: interactive "
+    "or batch.",
+    ["kind", "mode", "lane", "status"],
 )
 JOB_STAGE_SECONDS = Histogram(
     "chronoedit_job_stage_seconds",

@@ -44,6 +44,10 @@ class CommonSettings(BaseSettings):
         6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
     )
 
+    output_retention_seconds: int = Field(
+        7 * 24 * 3600, ge=1, description="Inputs and outputs of finished jobs are deleted this long after they end."
+    )
+
     log_format: LogFormat = Field("json", description="`json` (one object per line) or `plain` log lines.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
@@ -83,7 +87,7 @@ class ApiSettings(CommonSettings):
     )
     ready_worker_required: bool = Field(True, description="`/readyz` needs at least one ready worker.")
     metrics_queues: list[str] = Field(
-        default_factory=lambda: ["edits"],
+        default_factory=lambda: ["edits", "batch"],
         description="Celery queues whose depth `/metrics` reports, besides those registered workers consume.",
     )
 
@@ -122,8 +126,17 @@ class ApiSettings(CommonSettings):
         10.0, ge=0, description="How long a duplicate request waits for the first one before answering 409."
     )
     max_wait_seconds: int = Field(60, ge=0, le=60, description="Largest `Prefer: wait=N` honoured.")
-    output_retention_seconds: int = Field(
-        7 * 24 * 3600, ge=1, description="Inputs and outputs of finished jobs are deleted this long after they end."
+    max_batch_items: int = Field(
+        1000, ge=1, le=100_000, description="Items one `POST /v1/batches` (or `.../items`) request may carry."
+    )
+    max_queued_batch_items: int = Field(
+        100_000,
+        ge=1,
+        description="Batch items one tenant may have waiting in the batch lane; an append beyond it answers 429 "
+        "`batch_limit` (batch items do not count against `MAX_CONCURRENT_JOBS`).",
+    )
+    batch_intake_concurrency: int = Field(
+        8, ge=1, le=64, description="Items of one batch request read, validated and stored at the same time."
     )
     upload_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a `POST /v1/uploads` URL.")
 

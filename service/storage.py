@@ -30,6 +30,10 @@ class ObjectNotFound(StorageError):
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object inside the store (S3: server-side); raises `ObjectNotFound` when `source` is missing."""
+        ...
+
     def delete_prefix(self, prefix: str) -> None: ...
     def size(self, key: str) -> int:
         """Bytes of `key`; raises `ObjectNotFound`."""
@@ -71,6 +75,9 @@ class LocalStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
+
+    def copy(self, source: str, target: str) -> None:
+        self.put(target, self.get(source), "application/octet-stream")
 
     def delete_prefix(self, prefix: str) -> None:
         for path in sorted(self.root.glob(prefix.rstrip("/") + "/**/*"), reverse=True):
@@ -124,6 +131,9 @@ class S3Storage:
     def get(self, key: str) -> bytes:
         return self._read("get_object", key)["Body"].read()
 
+    def copy(self, source: str, target: str) -> None:
+        self._read("copy_object", target, CopySource={"Bucket": self.bucket, "Key": source})
+
     def delete_prefix(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -134,10 +144,10 @@ class S3Storage:
     def size(self, key: str) -> int:
         return int(self._read("head_object", key)["ContentLength"])
 
-    def _read(self, operation: str, key: str) -> dict:
+    def _read(self, operation: str, key: str, **kwargs: object) -> dict:
         """An object operation whose missing key is `ObjectNotFound`, every other failure `StorageError`."""
         try:
-            return getattr(self.client, operation)(Bucket=self.bucket, Key=key)
+            return getattr(self.client, operation)(Bucket=self.bucket, Key=key, **kwargs)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ObjectNotFound(key) from exc

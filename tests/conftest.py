@@ -10,6 +10,8 @@ from service.cli.processes import free_port, start_redis
 from tests.stack import DEFAULT_WEBHOOK_SECRET, S3_ENV, Stack, start_moto
 
 _databases = itertools.count(0)
+REDIS_DATABASES = 64
+"""Stacks take 0, 1, 2 ... in turn; tests that use Redis without a stack take 61 to 63."""
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
     port = free_port()
-    child = start_redis(port, tmp_path_factory.mktemp("redis"), log=logs_dir / "redis.log")
+    child = start_redis(port, tmp_path_factory.mktemp("redis"), log=logs_dir / "redis.log", databases=REDIS_DATABASES)
     yield f"redis://127.0.0.1:{port}"
     child.stop()
 
@@ -46,7 +48,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
 
     def make(name: str, **env: str) -> Stack:
         db = next(_databases)
-        assert db < 16, "redis-server has 16 databases"
+        assert db < 61, "databases 61 to 63 are for the tests that use Redis without a stack"
         stack = Stack(
             name=name,
             logs=logs_dir,
@@ -58,7 +60,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
                 "CHRONOEDIT_S3_BUCKET": f"bucket-{name}",
                 "CHRONOEDIT_MODEL_DIR": str(tiny_model),
                 "CHRONOEDIT_DEVICE": "cpu",
-                "CHRONOEDIT_QUEUES": '["edits", "reasoning"]',
+                "CHRONOEDIT_QUEUES": '["edits", "reasoning", "batch"]',
                 "CHRONOEDIT_HEARTBEAT_SECONDS": "1",
                 "CHRONOEDIT_RECONCILE_INTERVAL_SECONDS": "1",
                 "CHRONOEDIT_MAX_IMAGE_BYTES": str(2 * 1024 * 1024),

@@ -1,5 +1,5 @@
-"""A real HTTP server on loopback that receives webhooks: it records every request and answers each path with a
-scripted sequence of statuses (the last one repeats)."""
+"""A real HTTP server on loopback that receives webhooks (it records every POST and answers each path with a scripted
+sequence of statuses, the last one repeating) and serves files put in `files` (images named by `image_url`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Receiver:
     base_url: str = ""
     scripts: dict[str, list[int]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, path: str) -> int:
@@ -56,6 +57,13 @@ def start_receiver() -> tuple[Receiver, http.server.ThreadingHTTPServer]:
                 self.send_header("Location", "/followed")
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def do_GET(self) -> None:
+            data = receiver.files.get(self.path)
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            self.wfile.write(data or b"")
 
         def log_message(self, *args: object) -> None:
             pass

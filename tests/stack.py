@@ -67,8 +67,8 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.base_url}/healthz", self.api)
 
-    def start_worker(self, name: str, wait_ready: bool = True) -> Child:
-        env = {**self.env, "CHRONOEDIT_WORKER_NAME": name}
+    def start_worker(self, name: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> Child:
+        env = {**self.env, "CHRONOEDIT_WORKER_NAME": name, **(env or {})}
         worker = Child(name, python_module("service.cli", "worker"), env, log=self.logs / f"{self.name}-{name}.log")
         self.workers.append(worker)
         if wait_ready:
@@ -112,9 +112,16 @@ class Stack:
         keys = list(client.scan_iter(match=f"{self.env['CHRONOEDIT_KEY_PREFIX']}:worker:*"))
         return [json.loads(v) for v in client.mget(keys)] if keys else []
 
-    def log(self, name: str) -> str:
+    def worker_metrics_url(self, worker: str) -> str:
+        """The worker's own Prometheus endpoint, as it announced it in the registry."""
+        info = next(w for w in self.registered_workers() if w["name"] == worker)
+        assert isinstance(info["metrics_port"], int) and info["metrics_port"] > 0, info
+        return f"http://127.0.0.1:{info['metrics_port']}/metrics"
+
+    def log(self, name: str, tail: int | None = 6000) -> str:
+        """The process's log, its last `tail` characters (None: all of it)."""
         path = self.logs / f"{self.name}-{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else "(no log)"
+        return path.read_text(errors="replace")[-(tail or 0) :] if path.exists() else "(no log)"
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)

@@ -56,7 +56,7 @@ def test_api_runs_without_torch(redis_server: str) -> None:
     script = BLOCK_TORCH + textwrap.dedent(
         f"""
         import os
-        os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/14"
+        os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/62"
         from fastapi.testclient import TestClient
         from service.api.app import create_app
         import service.cli, service.jobs.system, service.storage, service.jobs.queue, service.webhooks.worker

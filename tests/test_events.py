@@ -18,7 +18,7 @@ from tests.records import job_record
 
 @pytest.fixture
 def store(redis_server: str) -> JobStore:
-    client = redis.Redis.from_url(f"{redis_server}/15")
+    client = redis.Redis.from_url(f"{redis_server}/63")
     return JobStore(client, prefix=f"events-{uuid.uuid4().hex[:8]}", lease_seconds=0.5, max_attempts=2)
 
 

@@ -222,7 +222,7 @@ def test_models_lists_what_the_workers_hold(client: httpx.Client, tiny_model: Pa
     assert worker["base_digest"] == read_manifest(tiny_model).digest
     assert worker["loras"] == {p.stem: sha256_file(p) for p in (tiny_model / "loras").glob("*.safetensors")}
     assert (worker["device"], worker["dtype"]) == ("cpu", "float32")
-    assert set(worker["queues"]) == {"edits", "reasoning"}
+    assert set(worker["queues"]) == {"edits", "reasoning", "batch"}
 
 
 def test_worker_refuses_weights_that_do_not_match_the_manifest(make_stack, tiny_model: Path, tmp_path: Path) -> None:

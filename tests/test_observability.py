@@ -47,12 +47,6 @@ def family_name(name: str) -> str:
     return name.removesuffix("_total") if FAMILIES[name].type == "counter" else name
 
 
-def worker_metrics_url(stack: Stack, worker: str) -> str:
-    info = next(w for w in stack.registered_workers() if w["name"] == worker)
-    assert isinstance(info["metrics_port"], int) and info["metrics_port"] > 0, info
-    return f"http://127.0.0.1:{info['metrics_port']}/metrics"
-
-
 def scrape_worker_when_idle(url: str, worker: str, timeout: float = 30) -> Families:
     """The worker sets busy back to 0 after it finalised, counted and logged the job."""
     deadline = time.monotonic() + timeout
@@ -79,7 +73,7 @@ def observed(make_stack) -> dict[str, Any]:
         assert response.status_code == 202, response.text
         job = wait_job(client, response.json()["id"])
         assert job["status"] == "succeeded", job
-    worker = scrape_worker_when_idle(worker_metrics_url(stack, "observer"), "observer")
+    worker = scrape_worker_when_idle(stack.worker_metrics_url("observer"), "observer")
     api = scrape(f"{stack.base_url}/metrics")
     info = next(w for w in stack.registered_workers() if w["name"] == "observer")
     return {"stack": stack, "job": job, "worker": worker, "api": api, "info": info}
@@ -101,10 +95,11 @@ def test_every_family_is_exported_where_the_contract_says(observed: dict[str, An
 def test_job_counted_once_and_stages_add_up(observed: dict[str, Any]) -> None:
     worker, api = observed["worker"], observed["api"]
     labels = {"kind": "edit", "mode": "standard"}
-    assert value(worker, "chronoedit_jobs", "chronoedit_jobs_total", status="succeeded", **labels) == 1
-    assert value(api, "chronoedit_jobs", "chronoedit_jobs_total", status="succeeded", **labels) == 0
+    counted = {**labels, "lane": "interactive"}
+    assert value(worker, "chronoedit_jobs", "chronoedit_jobs_total", status="succeeded", **counted) == 1
+    assert value(api, "chronoedit_jobs", "chronoedit_jobs_total", status="succeeded", **counted) == 0
     for status in ("failed", "canceled"):
-        assert value(worker, "chronoedit_jobs", "chronoedit_jobs_total", status=status, **labels) == 0
+        assert value(worker, "chronoedit_jobs", "chronoedit_jobs_total", status=status, **counted) == 0
 
     stage = "chronoedit_job_stage_seconds"
     for name in STAGES:

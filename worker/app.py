@@ -14,7 +14,7 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from service.jobs.queue import RUN_EDIT_TASK, make_celery
+from service.jobs.queue import RUN_BATCH_ITEM_TASK, RUN_EDIT_TASK, make_celery
 from service.logs import log_context
 from worker.logs import configure_worker_logging
 from worker.runtime import WorkerRuntime
@@ -57,10 +57,21 @@ def _withdraw(**_: Any) -> None:
         _Process.runtime.stop()
 
 
+def _runtime() -> WorkerRuntime:
+    runtime = _Process.runtime
+    if runtime is None:  # only if loading failed and the worker is shutting down: give the message back
+        raise Reject("this worker process has no loaded pipeline", requeue=True)
+    return runtime
+
+
 @app.task(name=RUN_EDIT_TASK, ignore_result=True)
 def run_edit(job_id: str) -> None:
-    runtime = _Process.runtime
-    if runtime is None:  # only if loading failed and the worker is shutting down: give the job back
-        raise Reject("this worker process has no loaded pipeline", requeue=True)
+    runtime = _runtime()
     with log_context(job_id=job_id):
         runtime.execute(job_id)
+
+
+@app.task(name=RUN_BATCH_ITEM_TASK, ignore_result=True)
+def run_next_batch_item() -> None:
+    """A batch-lane token: the lane decides which item runs (`service/jobs/lanes.py`)."""
+    _runtime().execute_next_batch_item()

@@ -34,6 +34,9 @@ from chronoedit_core.runner import (
     frames_to_images,
     prepare_image,
 )
+from service.jobs.batches import BatchStore
+from service.jobs.cache import ResultCache, cache_key
+from service.jobs.lanes import BatchLane
 from service.jobs.metrics import init_job_series
 from service.jobs.record import JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
 from service.jobs.registry import WorkerRegistry
@@ -49,6 +52,7 @@ from worker.metrics import (
     start_exporter,
     timed_stage,
 )
+from worker.reuse import OutputReuse
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -74,9 +78,19 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.store = JobStore(self.redis, settings.key_prefix, settings.lease_seconds, settings.max_attempts)
+        batches = BatchStore(self.redis, settings.key_prefix, settings.output_retention_seconds)
+        self.store = JobStore(
+            self.redis,
+            settings.key_prefix,
+            settings.lease_seconds,
+            settings.max_attempts,
+            on_item_finished=batches.try_complete,
+        )
+        self.lane = BatchLane(self.redis, settings.key_prefix)
         self.registry = WorkerRegistry(self.redis, settings.key_prefix)
         self.storage = make_storage(settings)
+        cache = ResultCache(self.redis, settings.key_prefix, settings.output_retention_seconds)
+        self.reuse = OutputReuse(cache, self.store, self.storage)
         self.placement = Placement.resolve(settings.device)
         self.runner: EditRunner | None = None
         self.loras: LoraSet | None = None
@@ -200,23 +214,35 @@ class WorkerRuntime:
 
     # --- running a job -----------------------------------------------------------------------------------------
 
+    def execute_next_batch_item(self) -> None:
+        """Run the batch lane's next item (fair between tenants); a token that finds the lane empty does nothing."""
+        job_id = self.lane.take(time.time())
+        if job_id is None:
+            logger.info("batch lane empty; token dropped")
+            return
+        self.execute(job_id)
+
     def execute(self, job_id: str) -> None:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
         job = self.store.claim(job_id, self.settings.worker_name)
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
             return
-        bind_log_context(request_id=job.request_id, attempt=job.attempt)
+        bind_log_context(job_id=job.id, request_id=job.request_id, attempt=job.attempt)
         job_claimed(job, self.placement.device)
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
-            outputs = self._run(job)
-            if not self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job)):
+            key = cache_key(job, self.base_digest, self.lora_digests)
+            reused = self.reuse.reuse(job, key) if key is not None else None
+            outputs, source = reused if reused is not None else (self._run(job), None)
+            if not self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job), cached_from=source):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
             else:
                 logger.info("job succeeded", extra={"end_to_end_s": round(time.time() - job.created_at, 6)})
+                if key is not None and source is None:
+                    self.reuse.remember(job, key, outputs)
         except EditStopped as exc:
             logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
             self.store.finish_canceled(job_id, job.attempt, exc.steps_done)

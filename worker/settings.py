@@ -17,7 +17,12 @@ class WorkerSettings(CommonSettings):
     worker_name: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Name in the registry."
     )
-    queues: list[str] = Field(default_factory=lambda: ["edits"], description="Celery queues this worker consumes.")
+    queues: list[str] = Field(
+        default_factory=lambda: ["edits", "batch"],
+        description="Celery queues this worker consumes, the first first: a worker takes a message from a queue only "
+        "when every queue before it is empty (`edits` before `batch` gives interactive edits priority over batch "
+        "items; `reasoning` for temporal-reasoning jobs).",
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often the worker renews its registration and lease.")
     proc_alive_timeout_seconds: float = Field(
         600.0, gt=0, description="How long Celery waits for a child to load the model (DESIGN.md: above load time)."

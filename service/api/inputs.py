@@ -68,16 +68,21 @@ async def _read_multipart(request: Request, settings: ApiSettings) -> tuple[Edit
     return _validate(fields), data
 
 
-async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes | None]:
-    limit = settings.max_image_bytes * 4 // 3 + 64 * 1024
+async def read_json_object(request: Request, limit: int, too_large: str = "payload_too_large") -> dict[str, Any]:
+    """The request's JSON object body, refused above `limit` bytes (413 `too_large`)."""
     if int(request.headers.get("content-length") or 0) > limit:
-        raise ApiError(413, "image_too_large", f"the request body is above the limit of {limit} bytes")
+        raise ApiError(413, too_large, f"the request body is above the limit of {limit} bytes")
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_parameter", "the JSON body must be an object")
+    return body
+
+
+async def _read_json(request: Request, settings: ApiSettings) -> tuple[EditCreate, bytes | None]:
+    body = await read_json_object(request, settings.max_image_bytes * 4 // 3 + 64 * 1024, "image_too_large")
     edit = _validate(body)
     if sum(field is not None for field in (edit.image_url, edit.image_base64, edit.input_key)) != 1:
         raise ApiError(422, "missing_image", "give exactly one of `image_url`, `image_base64` and `input_key`")

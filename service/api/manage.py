@@ -152,14 +152,15 @@ class JobManager:
 
     def _eta(self, job: JobRecord, position: int) -> float | None:
         """Jobs ahead at the recent average, spread over the ready workers, plus this job at its profile's average."""
-        own = self._mean(profile(job))
-        overall = self._mean("all")
+        own = self.mean_duration(profile(job))
+        overall = self.mean_duration("all")
         if own is None and overall is None:
             return None
         workers = max(1, sum(1 for w in self.jobs.registry.workers() if w.get("ready")))
         ahead = (position - 1) * (overall or own or 0.0) / workers
         return round(ahead + (own or overall or 0.0), 1)
 
-    def _mean(self, name: str) -> float | None:
+    def mean_duration(self, name: str) -> float | None:
+        """Mean seconds of recent succeeded jobs of a profile (`all`: of every profile); None without any."""
         values = cast(list[bytes], self.jobs.redis.lrange(self.keys.durations(name), 0, -1))
         return sum(float(v) for v in values) / len(values) if values else None

@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.jobs.lanes import BatchLane
+from service.jobs.queue import queue_lengths
 from service.jobs.system import JobSystem
 from service.logs import log_context
 
@@ -31,11 +33,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 """Probed every few seconds (a 503 from /readyz is an answer, not an error): logged at debug level unless they
 crash."""
-
-# kombu's Redis transport keeps a queue's messages in a list named after the queue, plus one list per non-zero
-# priority step named `<queue>\x06\x16<step>` (kombu.transport.redis: `sep`, `PRIORITY_STEPS`).
-_PRIORITY_SEPARATOR = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
 
 
 def route_label(request: Request) -> str:
@@ -88,15 +85,22 @@ class QueueDepthCollector(Collector):
         yield family
 
     def depths(self, queues: list[str]) -> dict[str, int]:
-        """LLEN of each queue's list and its priority lists, in one round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.llen(queue)
-                for step in _PRIORITY_STEPS:
-                    pipe.llen(f"{queue}{_PRIORITY_SEPARATOR}{step}")
-            sizes = pipe.execute()
-        per_queue = 1 + len(_PRIORITY_STEPS)
-        return {queue: sum(sizes[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(queues)}
+        return queue_lengths(self.client, queues)
+
+
+class BatchLaneCollector(Collector):
+    """`chronoedit_batch_items_pending`: batch items waiting in the lane (every tenant), read at scrape time."""
+
+    def __init__(self, lane: BatchLane) -> None:
+        self.lane = lane
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pending = self.lane.pending()
+        except redis.RedisError as exc:
+            logger.warning("batch lane depth unavailable: %s", exc)
+            return
+        yield GaugeMetricFamily("chronoedit_batch_items_pending", "Batch items waiting in the batch lane.", pending)
 
 
 def metrics_response(*registries: CollectorRegistry) -> Response:
@@ -105,9 +109,9 @@ def metrics_response(*registries: CollectorRegistry) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def queue_depth_registry(jobs: JobSystem, configured: Iterable[str]) -> CollectorRegistry:
+def scrape_time_registry(jobs: JobSystem, configured: Iterable[str]) -> CollectorRegistry:
     """A registry of the app's scrape-time families: queue depth of `configured` queues and of every queue a
-    registered worker consumes."""
+    registered worker consumes, and the batch lane's waiting items."""
 
     def queues() -> list[str]:
         announced = [queue for worker in jobs.registry.workers() for queue in worker.get("queues") or []]
@@ -115,4 +119,5 @@ def queue_depth_registry(jobs: JobSystem, configured: Iterable[str]) -> Collecto
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueDepthCollector(jobs.redis, queues))
+    registry.register(BatchLaneCollector(jobs.lane))
     return registry

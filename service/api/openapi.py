@@ -11,11 +11,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.batch_schemas import BatchCreate, BatchItemsAppend
 from service.api.errors import ERROR_CODES
 from service.api.schemas import EditCreate
 
-HAND_READ_BODIES = (EditCreate,)
-"""`POST /v1/edits` takes JSON or multipart, so FastAPI does not see its body model; it is added here."""
+HAND_READ_BODIES = (EditCreate, BatchCreate, BatchItemsAppend)
+"""Bodies the routes read by hand, so FastAPI does not see their models: `POST /v1/edits` takes JSON or multipart,
+and batch items are validated one by one (an invalid item must not refuse the others)."""
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 

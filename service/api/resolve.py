@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import secrets
 import uuid
@@ -63,9 +64,12 @@ def build_job(edit: EditCreate, data: bytes, settings: ApiSettings) -> tuple[Job
         width=width,
         height=height,
         bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
     )
     progress = Progress(step=0, total=params.num_inference_steps)
-    return JobRecord(id=job_id, kind=edit.kind, params=params, input=stored, progress=progress), data
+    cache = edit.cache and edit.seed is not None  # a drawn seed never repeats: nothing to reuse
+    job = JobRecord(id=job_id, kind=edit.kind, params=params, input=stored, progress=progress, cache=cache)
+    return job, data
 
 
 def _preset(edit: EditCreate) -> Preset:

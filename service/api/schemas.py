@@ -70,6 +70,11 @@ class EditCreate(BaseModel):
     step_cache: float | None = Field(
         None, gt=0, le=0.5, description="Faster, approximate: FirstBlockCache threshold (e.g. 0.05); off when absent."
     )
+    cache: bool = Field(
+        False,
+        description="With a `seed`: reuse the outputs of an earlier identical job of yours (same input bytes, "
+        "parameters and weights) instead of running it; the job then says `cached: true`.",
+    )
     image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the input image.")
     image_base64: str | None = Field(None, description="JSON only: the input image, base64-encoded.")
     input_key: str | None = Field(

@@ -1,5 +1,6 @@
 """The API process's services, built once in the lifespan and reached by routes through `ServicesDep`: API keys and
-limits, idempotency, uploads, job management, watching, webhook deliveries, and the retention sweeper thread."""
+limits, idempotency, uploads, job and batch management, watching, webhook deliveries, and the retention sweeper
+thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import redis.asyncio as aioredis
 
 from service.api.auth import Limits
+from service.api.batches import BatchManager
 from service.api.idempotency import Idempotency
 from service.api.manage import JobManager
 from service.api.uploads import Uploads
@@ -38,6 +40,7 @@ class Services:
         )
         self.uploads = Uploads(jobs.redis, prefix, jobs.storage, settings)
         self.manager = JobManager(jobs, settings.output_retention_seconds)
+        self.batches = BatchManager(jobs, self.manager)
         self.watcher = Watcher(self.async_redis, keys, jobs.get)
         self.deliveries = Deliveries(jobs.redis, keys)
         self._stop = threading.Event()

@@ -5,6 +5,7 @@ or `input_key`), check the webhook, build the job, count it against the key's qu
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -60,7 +61,8 @@ async def _create_job(
     services: Services, caller: Principal, edit: EditCreate, data: bytes | None, request_id: str
 ) -> JobRecord:
     settings = services.settings
-    webhook = await run_in_threadpool(_check_webhook, services, caller, edit)  # resolves DNS: off the event loop
+    url = str(edit.webhook) if edit.webhook is not None else None
+    webhook = await run_in_threadpool(check_webhook, services, caller, url, edit.webhook_events)  # DNS: off the loop
     if data is None and edit.image_url is not None:
         data = await fetch_image(str(edit.image_url), settings)
     elif data is None and edit.input_key is not None:
@@ -88,12 +90,14 @@ async def _create_job(
     return job
 
 
-def _check_webhook(services: Services, caller: Principal, edit: EditCreate) -> str | None:
-    if edit.webhook is None:
-        if edit.webhook_events:
+def check_webhook(
+    services: Services, caller: Principal, url: str | None, events: Sequence[str] | None = None
+) -> str | None:
+    """The webhook URL a job or batch may use, or None; 422 when it is forbidden or nothing could sign it."""
+    if url is None:
+        if events:
             raise ApiError(422, "invalid_parameter", "`webhook_events` needs a `webhook` URL")
         return None
-    url = str(edit.webhook)
     try:
         check_webhook_url(url, services.settings.webhook_allow_hosts)
     except WebhookUrlError as exc:

@@ -1,4 +1,6 @@
-"""The `chronoedit` command line: `serve` (the embedded stack), `api`, `worker`, `make-tiny-model`, `openapi`.
+"""The `chronoedit` command line. Running the service: `serve` (the embedded stack), `api`, `worker`,
+`webhook-worker`, `keys`, `make-tiny-model`, `manifest`, `metrics-targets`, `openapi`. Using it over the public HTTP
+API (`CHRONOEDIT_URL`, `CHRONOEDIT_API_KEY`): `batch ...` and `edit`.
 
 Commands import what they need when they run, so `chronoedit api` never imports torch.
 """
@@ -9,6 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from service.cli.batch import add_batch_parser, run_batch
+from service.cli.edit import add_edit_parser, run_edit
 from service.cli.keys import add_keys_parser
 from service.cli.serve import cmd_serve
 from service.logs import configure_logging
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_webhook_worker
     )
     add_keys_parser(sub).set_defaults(func=cmd_keys)
+    add_batch_parser(sub).set_defaults(func=run_batch)
+    add_edit_parser(sub).set_defaults(func=run_edit)
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random ChronoEdit checkpoint")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)

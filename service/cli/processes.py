@@ -77,8 +77,9 @@ class Child:
             self._out.close()
 
 
-def start_redis(port: int, data_dir: Path, log: Path | None = None) -> Child:
-    """redis-server with AOF on and `noeviction` (DESIGN.md), bound to loopback."""
+def start_redis(port: int, data_dir: Path, log: Path | None = None, databases: int = 16) -> Child:
+    """redis-server with AOF on and `noeviction` (DESIGN.md), bound to loopback, with `databases` numbered
+    databases (a test suite gives each isolated stack its own, so its own Celery queues)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         find_redis_server(),
@@ -96,6 +97,8 @@ def start_redis(port: int, data_dir: Path, log: Path | None = None) -> Child:
         "",
         "--maxmemory-policy",
         "noeviction",
+        "--databases",
+        str(databases),
     ]
     child = Child("redis", argv, log=log)
     wait_for_port(port, child)

@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "CHRONOEDIT_STORAGE_BACKEND": "local",
         "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
-        "CHRONOEDIT_QUEUES": '["edits", "reasoning"]',  # the one embedded worker serves every kind
+        "CHRONOEDIT_QUEUES": '["edits", "reasoning", "batch"]',  # the one embedded worker serves every kind
         "CHRONOEDIT_PORT": str(settings.port),
         **_embedded_observability(settings),
         **anonymous_env(settings, data),

@@ -5,17 +5,22 @@ worker's runtime needs no webhook or index code, and an event is emitted if and 
 - a message on the job's pub/sub channel (server-sent events and `Prefer: wait` listen to it), every change;
 - a pending webhook delivery (record + due-time entry) when the job subscribed to the event; `progress` events are
   throttled to one per `PROGRESS_EVENT_SECONDS`; the webhook worker dispatches what is due (transactional outbox);
-- the indexes: the tenant's job list, the queue order (queue position), finished jobs (retention), each key's
-  unfinished jobs (quota), and recent run durations per profile (ETA).
+- the indexes: the tenant's job list, the interactive queue order (queue position), the batch lane
+  (`service/jobs/lanes.py`), finished jobs (retention), each key's unfinished jobs (quota), recent run durations per
+  profile (ETA), and a batch item's place and its batch's counts per status (`service/jobs/batches.py`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
+from service.jobs import lanes
 from service.jobs.record import EventType, JobRecord, JobStatus
+
+DeliveryObject = Literal["edit", "batch"]
 
 PROGRESS_EVENT_SECONDS = 2.0
 """Smallest gap between two `progress` webhooks of one job; server-sent events get every step."""
@@ -38,6 +43,8 @@ class JobKeys:
         self.queued = f"{prefix}:queued"
         self.finished = f"{prefix}:finished"
         self.webhooks_due = f"{prefix}:webhooks:due"
+        self.unfinished_batches = f"{prefix}:batches:unfinished"
+        self.lane = lanes.LaneKeys(prefix)
 
     def channel(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
@@ -48,11 +55,32 @@ class JobKeys:
     def active(self, owner: str) -> str:
         return f"{self.prefix}:active:{owner}"
 
-    def deliveries(self, job_id: str) -> str:
-        return f"{self.prefix}:deliveries:{job_id}"
+    def deliveries(self, subject_id: str) -> str:
+        """Webhook deliveries of a job or a batch."""
+        return f"{self.prefix}:deliveries:{subject_id}"
 
     def durations(self, profile: str) -> str:
         return f"{self.prefix}:durations:{profile}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_counts(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:counts"
+
+    def batch_items(self, batch_id: str) -> str:
+        """Sorted set: item job id -> its index in the batch."""
+        return f"{self.prefix}:batch:{batch_id}:items"
+
+    def batch_refs(self, batch_id: str) -> str:
+        """Hash: client reference -> item job id."""
+        return f"{self.prefix}:batch:{batch_id}:refs"
+
+    def batch_seq(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:seq"
+
+    def tenant_batches(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:batches"
 
 
 def owner(job: JobRecord) -> str:
@@ -100,42 +128,77 @@ def apply(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: 
     pipe.publish(keys.channel(new.id), json.dumps({"event": event, "job": new.model_dump(mode="json")}))
     throttled = event == "progress" and (new.progress_event_at != now)
     if wants_webhook(new, event) and not throttled:
-        _add_delivery(pipe, keys, new, event, now)
+        add_delivery(pipe, keys, new.id, "edit", event or "", new.webhook or "", new.model_dump(mode="json"))
 
 
 def _index(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: float) -> None:
     if old is None:
         pipe.zadd(keys.tenant_jobs(new.tenant), {new.id: new.created_at})
-    if new.status == JobStatus.QUEUED:
-        pipe.zadd(keys.queued, {new.id: now}, nx=True)
-    else:
-        pipe.zrem(keys.queued, new.id)
+    _queue(pipe, keys, old, new, now)
+    if new.batch_id is not None:
+        _count_item(pipe, keys, old, new)
     if new.status.is_terminal():
         pipe.zadd(keys.finished, {new.id: new.finished_at or now})
         pipe.zrem(keys.active(owner(new)), new.id)
-    if new.status == JobStatus.SUCCEEDED and new.started_at is not None:
+    if new.status == JobStatus.SUCCEEDED and new.started_at is not None and new.cached_from is None:
         seconds = str(round((new.finished_at or now) - new.started_at, 3))
         for name in (profile(new), "all"):
             pipe.lpush(keys.durations(name), seconds)
             pipe.ltrim(keys.durations(name), 0, DURATION_SAMPLES - 1)
 
 
-def new_delivery(job: JobRecord, event: EventType, now: float) -> dict[str, Any]:
-    """A pending delivery; its `id` is the `webhook-id`, the same for every attempt."""
+def _queue(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: float) -> None:
+    """Interactive jobs wait in one order (their queue position); batch items in their tenant's lane."""
+    queued = new.status == JobStatus.QUEUED
+    if new.lane == "batch":
+        if queued:
+            lanes.enter(pipe, keys.lane, new)
+        elif old is not None and old.status == JobStatus.QUEUED:
+            lanes.leave(pipe, keys.lane, new)
+    elif queued:
+        pipe.zadd(keys.queued, {new.id: now}, nx=True)
+    else:
+        pipe.zrem(keys.queued, new.id)
+
+
+def _count_item(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord) -> None:
+    batch_id = new.batch_id or ""
+    counts = keys.batch_counts(batch_id)
+    if old is None:
+        pipe.zadd(keys.batch_items(batch_id), {new.id: new.batch_index or 0})
+        if new.reference is not None:
+            pipe.hset(keys.batch_refs(batch_id), new.reference, new.id)
+        pipe.hincrby(counts, "total", 1)
+    elif old.status != new.status:
+        pipe.hincrby(counts, old.status.value, -1)
+    if old is None or old.status != new.status:
+        pipe.hincrby(counts, new.status.value, 1)
+    if new.status == JobStatus.SUCCEEDED and new.cached_from is not None and (old is None or old.status != new.status):
+        pipe.hincrby(counts, "cached", 1)
+
+
+def new_delivery(
+    subject_id: str, object_: DeliveryObject, event: str, url: str, snapshot: dict[str, Any], now: float
+) -> dict[str, Any]:
+    """A pending delivery about a job or a batch; its `id` is the `webhook-id`, the same for every attempt."""
     return {
         "id": f"msg_{uuid.uuid4().hex}",
-        "job_id": job.id,
+        "subject_id": subject_id,
+        "object": object_,
         "event": event,
-        "url": job.webhook,
+        "url": url,
         "status": "pending",
         "created_at": now,
         "next_attempt_at": now,
         "attempts": [],
-        "snapshot": job.model_dump(mode="json"),
+        "snapshot": snapshot,
     }
 
 
-def _add_delivery(pipe: Any, keys: JobKeys, job: JobRecord, event: EventType, now: float) -> None:
-    delivery = new_delivery(job, event, now)
-    pipe.hset(keys.deliveries(job.id), delivery["id"], json.dumps(delivery))
-    pipe.zadd(keys.webhooks_due, {f"{job.id}/{delivery['id']}": now})
+def add_delivery(
+    pipe: Any, keys: JobKeys, subject_id: str, object_: DeliveryObject, event: str, url: str, snapshot: dict[str, Any]
+) -> None:
+    """Queue a webhook delivery (inside the MULTI of the change it reports): the record and its due-time entry."""
+    delivery = new_delivery(subject_id, object_, event, url, snapshot, time.time())
+    pipe.hset(keys.deliveries(subject_id), delivery["id"], json.dumps(delivery))
+    pipe.zadd(keys.webhooks_due, {f"{subject_id}/{delivery['id']}": delivery["created_at"]})

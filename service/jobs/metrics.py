@@ -3,26 +3,24 @@ that reached a terminal state, made once by whichever process made the transitio
 
 from __future__ import annotations
 
+import itertools
 from typing import get_args
 
-from service.jobs.record import JobRecord, JobStatus
+from service.jobs.record import JobRecord, JobStatus, Kind, Lane, Mode
 from service.metrics import JOB_STAGE_SECONDS, JOBS, WEBHOOK_DELIVERIES, Stage, WebhookOutcome
-
-KNOWN_KINDS_MODES = (("edit", "standard"),)
-"""Label combinations created at zero on start, so `rate()` sees a job's first increment. Add lanes here."""
 
 
 def job_labels(job: JobRecord) -> tuple[str, str]:
-    """(kind, mode) of a job. Every job is a standard edit until the record grows a `mode` (fast, reasoning lanes);
-    this is the one place that then changes."""
-    return job.kind, str(getattr(job, "mode", "standard"))
+    """(kind, mode) of a job, the labels of its stage timings."""
+    return job.kind, job.params.mode
 
 
 def init_job_series() -> None:
-    """Create the known label combinations at zero (a series that appears at 1 hides its first increment)."""
-    for kind, mode in KNOWN_KINDS_MODES:
-        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            JOBS.labels(kind, mode, status.value)
+    """Create every kind, mode and lane at zero (a series that appears at 1 hides its first increment from `rate()`)."""
+    for kind, mode in itertools.product(get_args(Kind), get_args(Mode)):
+        for lane in get_args(Lane):
+            for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+                JOBS.labels(kind, mode, lane, status.value)
     for outcome in get_args(WebhookOutcome):
         WEBHOOK_DELIVERIES.labels(outcome)
 
@@ -40,6 +38,6 @@ def record_terminal(before: JobRecord, after: JobRecord) -> None:
     if before.status.is_terminal() or not after.status.is_terminal():
         return
     kind, mode = job_labels(after)
-    JOBS.labels(kind, mode, after.status.value).inc()
+    JOBS.labels(kind, mode, after.lane, after.status.value).inc()
     if after.status == JobStatus.SUCCEEDED and after.finished_at is not None:
         observe_stage(after, "end_to_end", after.finished_at - after.created_at)

@@ -1,14 +1,20 @@
 """The reconciler: the job record, not the Celery message, is the source of truth, so a thread in each API process
 compares the two and repairs what a lost worker or a lost message left behind. Duplicates are harmless: a worker's
-claim drops a message for a job that is running or finished.
+claim drops a message for a job that is running or finished, and a surplus batch-lane token takes nothing.
+
+Each pass: running jobs whose lease expired are requeued (or fail past the attempt cap); interactive jobs queued
+too long are published again; batch items taken from the lane by a worker that died before claiming them go back;
+the batch queue gets a token for every item waiting in the lane; and batches whose last item finished while their
+finishing process died are completed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from service.jobs.queue import publish
+from service.jobs.queue import BATCH_QUEUE, RUN_BATCH_ITEM_TASK, publish, queue_lengths
 from service.jobs.system import JobSystem
 
 logger = logging.getLogger(__name__)
@@ -24,6 +30,9 @@ class Reconciler:
         """Re-enqueue running jobs whose lease expired (their worker died) and re-publish queued jobs whose message
         may be lost (a broker restart, a failed publish); returns how many were requeued."""
         requeued = self._republish_stale()
+        self._return_taken()
+        self._top_up_tokens()
+        self._complete_batches()
         for job_id in self.jobs.store.expired_leases():
             job = self.jobs.store.requeue_if_expired(job_id)
             if job is None:
@@ -40,12 +49,33 @@ class Reconciler:
         count, after = 0, self.jobs.settings.republish_after_seconds
         for job_id in self.jobs.store.stale_queued(after):
             job = self.jobs.store.get(job_id)
-            if job is not None and job.status == "queued":
+            if job is not None and job.status == "queued" and job.lane == "interactive":
                 publish(self.jobs.celery, job)
                 count += 1
                 logger.warning("job %s: still queued after %.0f s; published again", job_id, after)
             self.jobs.store.mark_published(job_id)
         return count
+
+    def _return_taken(self) -> None:
+        for job_id in self.jobs.lane.stale_taken(time.time() - self.jobs.settings.lease_seconds):
+            job = self.jobs.store.get(job_id)
+            if job is not None and job.status == "queued":
+                self.jobs.lane.put_back(job)
+                logger.warning("batch item %s was taken but never claimed; back in the lane", job_id)
+            else:
+                self.jobs.lane.forget_taken(job_id)
+
+    def _top_up_tokens(self) -> None:
+        """Every item waiting in the batch lane has a token waiting in the batch queue (lost ones are replaced)."""
+        missing = self.jobs.lane.pending() - queue_lengths(self.jobs.redis, [BATCH_QUEUE])[BATCH_QUEUE]
+        for _ in range(max(0, missing)):
+            self.jobs.celery.send_task(RUN_BATCH_ITEM_TASK, args=[], queue=BATCH_QUEUE)
+        if missing > 0:
+            logger.warning("batch lane: %d items had no token; published %d", missing, missing)
+
+    def _complete_batches(self) -> None:
+        for batch_id in self.jobs.batches.unfinished():
+            self.jobs.batches.try_complete(batch_id)
 
     def start(self, interval_seconds: float) -> None:
         def loop() -> None:

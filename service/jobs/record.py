@@ -17,6 +17,8 @@ OutputName = Literal["image", "video"]
 Kind = Literal["edit", "upscale", "sketch"]
 Mode = Literal["standard", "fast"]
 Stage = Literal["queued", "loading", "denoising", "decoding", "uploading", "done"]
+Lane = Literal["interactive", "batch"]
+"""Interactive jobs (`POST /v1/edits`) are taken before batch items, which share the batch lane fairly by tenant."""
 EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
 TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
 DEFAULT_TENANT = "default"
@@ -65,6 +67,8 @@ class StoredFile(BaseModel):
     width: int
     height: int
     bytes: int
+    sha256: str | None = None
+    """Of the input: part of the result-cache key."""
 
 
 class Progress(BaseModel):
@@ -118,6 +122,18 @@ class JobRecord(BaseModel):
     cancel_requested_at: float | None = None
     """Set by `POST /v1/edits/{id}/cancel` on a running job; its worker stops at the next denoising step."""
     ran_with: RanWith | None = None
+    lane: Lane = "interactive"
+    batch_id: str | None = None
+    """The batch the job is an item of, its place in the batch, its client `reference` (unique in the batch) and
+    `metadata`."""
+    batch_index: int | None = None
+    reference: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    cache: bool = False
+    """Reuse the outputs of an earlier identical job of the tenant (explicit seed, same input, parameters and
+    weights) instead of running it; see `service/jobs/cache.py`."""
+    cached_from: str | None = None
+    """The job whose outputs this one reused (no GPU work was done)."""
 
 
 def input_key(job_id: str, extension: str) -> str:

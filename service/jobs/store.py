@@ -12,6 +12,7 @@ from typing import Any, cast
 import redis
 
 from service.jobs import events
+from service.jobs.batches import BatchClosed, BatchRecord, DuplicateReference
 from service.jobs.metrics import record_terminal
 from service.jobs.record import JobError, JobRecord, JobStatus, RanWith, Stage, StoredFile
 
@@ -20,11 +21,20 @@ Transition = Callable[[JobRecord], JobRecord | None]
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str, lease_seconds: float, max_attempts: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        lease_seconds: float,
+        max_attempts: int,
+        on_item_finished: Callable[[str], object] | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.on_item_finished = on_item_finished
+        """Called with the batch id after a batch item reached a terminal state (`BatchStore.try_complete`)."""
         self._leases = f"{prefix}:leases"
         self._published = f"{prefix}:published"
         """Queued jobs by when their message was last published; the reconciler re-publishes stale ones."""
@@ -34,25 +44,43 @@ class JobStore:
         return f"{self.prefix}:job:{job_id}"
 
     def create(self, record: JobRecord) -> None:
-        """Store a new record; its `queued` event and index entries commit with it (one MULTI) or not at all."""
-        key, now = self._key(record.id), time.time()
-        record = events.mark(None, record, now)
+        """Store a new record; its `queued` event and index entries commit with it (one MULTI) or not at all.
+
+        A batch item is created only while its batch is open (else `BatchClosed`) and only if no item of the batch
+        has its reference (else `DuplicateReference`), both checked in the same transaction."""
+        key = self._key(record.id)
+        watched = [key]
+        if record.batch_id is not None:
+            watched += [self.keys.batch(record.batch_id), self.keys.batch_refs(record.batch_id)]
         with self.client.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.exists(key):
-                    raise KeyError(f"job {record.id} exists already")
-                pipe.multi()
-                pipe.set(key, record.model_dump_json())
-                pipe.zadd(self._published, {record.id: now})
-                events.apply(pipe, self.keys, None, record, now)
-                pipe.execute()
-            except redis.WatchError as exc:
-                raise KeyError(f"job {record.id} exists already") from exc
+            while True:
+                try:
+                    pipe.watch(*watched)
+                    if pipe.exists(key):
+                        raise KeyError(f"job {record.id} exists already")
+                    if record.batch_id is not None:
+                        _check_item(pipe, self.keys, record)
+                    now = time.time()
+                    new = events.mark(None, record, now)
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    pipe.zadd(self._published, {new.id: now})
+                    events.apply(pipe, self.keys, None, new, now)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # another item of the batch, or a close, committed in between: check again
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.client.get(self._key(job_id))
         return JobRecord.model_validate_json(raw) if raw is not None else None
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of `job_ids` in one round trip, None for missing ones."""
+        if not job_ids:
+            return []
+        values = cast(list[bytes | None], self.client.mget([self._key(job_id) for job_id in job_ids]))
+        return [JobRecord.model_validate_json(raw) if raw is not None else None for raw in values]
 
     def update(self, job_id: str, transition: Transition) -> JobRecord | None:
         """Apply `transition` atomically; returns the new record, or None if the job is missing or unchanged."""
@@ -83,6 +111,8 @@ class JobStore:
                         pipe.zrem(self._leases, job_id)
                     pipe.execute()
                     record_terminal(old, new)  # after the commit: a job is counted once, by whoever finished it
+                    if new.batch_id and new.status.is_terminal() and self.on_item_finished is not None:
+                        self.on_item_finished(new.batch_id)
                     return new
                 except redis.WatchError:
                     continue
@@ -136,8 +166,15 @@ class JobStore:
         return new is not None and new.cancel_requested_at is None
 
     def succeed(
-        self, job_id: str, attempt: int, outputs: dict[str, StoredFile], ran_with: RanWith | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        outputs: dict[str, StoredFile],
+        ran_with: RanWith | None = None,
+        cached_from: str | None = None,
     ) -> bool:
+        """Finalise the current attempt; `cached_from` names the job whose outputs were reused instead of a run."""
+
         def transition(job: JobRecord) -> JobRecord | None:
             if not _is_current(job, attempt):
                 return None
@@ -146,6 +183,7 @@ class JobStore:
                 "outputs": outputs,
                 "finished_at": time.time(),
                 "ran_with": ran_with,
+                "cached_from": cached_from,
             }
             progress = job.progress.model_copy(update={"stage": "done"})
             return job.model_copy(update={**update, "lease_expires_at": None, "progress": progress})
@@ -218,6 +256,17 @@ class JobStore:
             return JobRecord.model_validate({**job.model_dump(), **update})
 
         return self.update(job_id, transition)
+
+
+def _check_item(pipe: Any, keys: events.JobKeys, item: JobRecord) -> None:
+    batch_id = item.batch_id or ""
+    raw = pipe.get(keys.batch(batch_id))
+    if raw is None or BatchRecord.model_validate_json(raw).status != "open":
+        raise BatchClosed(f"batch {batch_id} takes no more items")
+    if item.reference is not None:
+        existing = pipe.hget(keys.batch_refs(batch_id), item.reference)
+        if existing is not None:
+            raise DuplicateReference(existing.decode())
 
 
 def _is_current(job: JobRecord, attempt: int) -> bool:

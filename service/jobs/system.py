@@ -9,6 +9,8 @@ import logging
 import redis
 from celery import Celery
 
+from service.jobs.batches import BatchClosed, BatchStore, DuplicateReference
+from service.jobs.lanes import BatchLane
 from service.jobs.queue import make_celery, publish
 from service.jobs.record import JobRecord
 from service.jobs.registry import WorkerRegistry
@@ -23,15 +25,28 @@ class JobSystem:
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.store = JobStore(self.redis, settings.key_prefix, settings.lease_seconds, settings.max_attempts)
+        self.batches = BatchStore(self.redis, settings.key_prefix, settings.output_retention_seconds)
+        self.store = JobStore(
+            self.redis,
+            settings.key_prefix,
+            settings.lease_seconds,
+            settings.max_attempts,
+            on_item_finished=self.batches.try_complete,
+        )
+        self.lane = BatchLane(self.redis, settings.key_prefix)
         self.registry = WorkerRegistry(self.redis, settings.key_prefix)
         self.storage: Storage = make_storage(settings)
         self.celery: Celery = make_celery(settings, name="chronoedit-api")
 
     def submit(self, job: JobRecord, input_data: bytes) -> None:
-        """Input first, then the record, then the message: a worker never sees a job whose input is missing."""
+        """Input first, then the record, then the message: a worker never sees a job whose input is missing. A batch
+        item the store refuses (`BatchClosed`, `DuplicateReference`) leaves no file behind."""
         self.storage.put(job.input.key, input_data, job.input.content_type)
-        self.store.create(job)
+        try:
+            self.store.create(job)
+        except (BatchClosed, DuplicateReference):
+            self.storage.delete_prefix(f"jobs/{job.id}/")
+            raise
         try:
             publish(self.celery, job)
         except Exception:  # the record is stored: the reconciler publishes it again, so nothing is lost

@@ -1,14 +1,15 @@
-"""A job as clients see it: the body of `GET /v1/edits/{id}`, of its server-sent events and of every webhook, with
-download URLs signed for the reader and, once finished, when its files expire."""
+"""Jobs and batches as clients see them: the bodies of `GET /v1/edits/{id}` and `GET /v1/batches/{id}`, of server-sent
+events and of every webhook, with download URLs signed for the reader and, once finished, when things expire."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 from pydantic import BaseModel, Field
 
+from service.jobs.batches import BatchCounts, BatchRecord, BatchStatus
 from service.jobs.record import EventType, JobRecord, JobStatus, Kind, Mode, OutputName, RanWith, Stage
 from service.storage import Storage
 
@@ -84,6 +85,52 @@ class JobView(BaseModel):
     webhook_events: list[EventType] = Field(default_factory=list)
     cancel_requested_at: datetime | None = Field(None, description="When a cancel was asked for a running job.")
     ran_with: RanWith | None = Field(None, description="The weights the job ran with (manifest and adapter digests).")
+    batch_id: str | None = Field(None, description="The batch this job is an item of.")
+    reference: str | None = Field(None, description="The batch item's client reference (unique in its batch).")
+    metadata: dict[str, str] = Field(default_factory=dict, description="The batch item's client metadata.")
+    cached: bool = Field(
+        False, description="The outputs are those of an earlier identical job (`cached_from`); no GPU work was done."
+    )
+    cached_from: str | None = Field(None, description="The job whose outputs were reused.")
+
+
+class BatchCountsView(BaseModel):
+    total: int = Field(description="Items accepted into the batch.")
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+    cached: int = Field(description="Succeeded items that reused an earlier job's outputs (no GPU work).")
+
+
+class BatchLinks(BaseModel):
+    self: str
+    items: str
+    manifest: str
+
+
+class BatchView(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    status: BatchStatus = Field(
+        description="`open`: items may be appended; `running`: closed, items unfinished; `completed`: closed and "
+        "every item finished (item failures do not fail the batch); `canceled`: canceled by the client."
+    )
+    kind: Kind
+    mode: Mode
+    defaults: dict[str, Any] = Field(description="Parameters shared by the items, as sent.")
+    cache: bool = Field(description="Items with a `seed` reuse the outputs of identical earlier jobs of the tenant.")
+    counts: BatchCountsView
+    progress: float = Field(description="Finished items / items, 0 to 1.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds until every item is finished.")
+    created_at: datetime
+    closed_at: datetime | None
+    canceled_at: datetime | None
+    completed_at: datetime | None
+    expires_at: datetime | None = Field(None, description="When a finished batch's record and item index expire.")
+    webhook: str | None
+    links: BatchLinks
 
 
 def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, retention: int | None = None) -> JobView:
@@ -106,7 +153,7 @@ def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, re
         started_at=timestamp(job.started_at),
         finished_at=timestamp(job.finished_at),
         params=EditParamsView(**job.params.model_dump()),
-        input=InputView(**job.input.model_dump(exclude={"key"})),
+        input=InputView(**job.input.model_dump(exclude={"key", "sha256"})),
         progress=ProgressView(**job.progress.model_dump()),
         attempt=job.attempt,
         outputs=outputs,
@@ -117,6 +164,34 @@ def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, re
         files_deleted_at=timestamp(job.files_deleted_at),
         webhook=job.webhook,
         webhook_events=job.webhook_events if job.webhook else [],
+        batch_id=job.batch_id,
+        reference=job.reference,
+        metadata=job.metadata,
+        cached=job.cached_from is not None,
+        cached_from=job.cached_from,
+    )
+
+
+def render_batch(batch: BatchRecord, counts: BatchCounts, retention: int | None = None) -> BatchView:
+    """The public view of a batch (links are paths below the API's base URL)."""
+    path = f"/v1/batches/{batch.id}"
+    finished = counts.finished
+    return BatchView(
+        id=batch.id,
+        status=batch.status,
+        kind=batch.kind,
+        mode=batch.mode,
+        defaults=batch.defaults,
+        cache=batch.cache,
+        counts=BatchCountsView(**counts.model_dump()),
+        progress=round(finished / counts.total, 4) if counts.total else (1.0 if batch.completed_at else 0.0),
+        created_at=timestamp(batch.created_at),
+        closed_at=timestamp(batch.closed_at),
+        canceled_at=timestamp(batch.canceled_at),
+        completed_at=timestamp(batch.completed_at),
+        expires_at=timestamp(batch.completed_at + retention) if retention and batch.completed_at else None,
+        webhook=batch.webhook,
+        links=BatchLinks(self=path, items=f"{path}/items", manifest=f"{path}/manifest"),
     )
 
 

@@ -18,15 +18,19 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook
 
+from service.jobs.batches import BatchCounts, BatchRecord
 from service.jobs.record import JobRecord
-from service.jobs.view import render_job
+from service.jobs.view import render_batch, render_job
 from service.keys import KeyStore
+from service.metrics import WebhookOutcome, record_webhook_delivery
 from service.netguard import AddressForbidden, UnresolvableHost, check_public_host
 from service.settings import ApiSettings
 from service.storage import Storage
 from service.webhooks.deliveries import Deliveries
 
 USER_AGENT = "chronoedit-webhooks/1"
+REFUSED = "refused: "
+"""How an attempt that the address policy stopped is recorded (no request was sent)."""
 
 
 class WebhookUrlError(Exception):
@@ -45,6 +49,12 @@ def check_webhook_url(url: str, allow_hosts: list[str]) -> None:
         raise WebhookUrlError(str(exc)) from exc
 
 
+def _outcome(status_code: int | None, error: str | None) -> WebhookOutcome:
+    if status_code is not None:
+        return "success" if 200 <= status_code < 300 else "http_error"
+    return "refused" if error is not None and error.startswith(REFUSED) else "network_error"
+
+
 class Deliverer:
     """Runs one attempt of one delivery and records it."""
 
@@ -54,8 +64,8 @@ class Deliverer:
         self.api_keys = keys
         self.storage = storage
 
-    def attempt(self, job_id: str, delivery_id: str) -> None:
-        delivery = self.deliveries.get(job_id, delivery_id)
+    def attempt(self, subject_id: str, delivery_id: str) -> None:
+        delivery = self.deliveries.get(subject_id, delivery_id)
         if delivery is None or delivery["status"] != "pending":
             if delivery is not None:
                 self.deliveries.save(delivery, None)
@@ -72,6 +82,7 @@ class Deliverer:
             }
         )
         self.deliveries.save(delivery, self._next(delivery, status_code))
+        record_webhook_delivery(_outcome(status_code, error))
 
     def _next(self, delivery: dict[str, Any], status_code: int | None) -> float | None:
         """Set the outcome on `delivery`; returns when to try again, or None when it is settled."""
@@ -92,35 +103,41 @@ class Deliverer:
         return due
 
     def _body(self, delivery: dict[str, Any]) -> str:
-        """The job as `GET` showed it when the event happened, in the Standard Webhooks envelope; frozen at the
+        """The subject as `GET` showed it when the event happened, in the Standard Webhooks envelope; frozen at the
         first attempt so every retry sends the same bytes."""
-        job = JobRecord.model_validate(delivery["snapshot"])
-        base = self.settings.public_base_url or f"http://{self.settings.host}:{self.settings.port}/"
-        retention = self.settings.output_retention_seconds
-        view = render_job(job, self.storage, base, self.settings.url_ttl_seconds, retention)
         payload = {
-            "type": f"edit.{delivery['event']}",
+            "type": f"{delivery['object']}.{delivery['event']}",
             "timestamp": datetime.fromtimestamp(delivery["created_at"], tz=UTC).isoformat(),
-            "data": view.model_dump(mode="json"),
+            "data": self._data(delivery),
         }
         return json.dumps(payload, separators=(",", ":"))
 
-    def _secret(self, job: JobRecord) -> str | None:
-        if job.key_id is not None:
-            record = self.api_keys.get(job.key_id)
+    def _data(self, delivery: dict[str, Any]) -> dict[str, Any]:
+        snapshot = delivery["snapshot"]
+        if delivery["object"] == "batch":
+            counts = BatchCounts.model_validate(snapshot["counts"])
+            return render_batch(BatchRecord.model_validate(snapshot["batch"]), counts).model_dump(mode="json")
+        base = self.settings.public_base_url or f"http://{self.settings.host}:{self.settings.port}/"
+        retention = self.settings.output_retention_seconds
+        job = JobRecord.model_validate(snapshot)
+        return render_job(job, self.storage, base, self.settings.url_ttl_seconds, retention).model_dump(mode="json")
+
+    def _secret(self, key_id: str | None) -> str | None:
+        if key_id is not None:
+            record = self.api_keys.get(key_id)
             return record.webhook_secret if record else None
         default = self.settings.default_webhook_secret
         return default.get_secret_value() if default else None
 
     def _post(self, delivery: dict[str, Any]) -> tuple[int | None, str | None]:
-        job = JobRecord.model_validate(delivery["snapshot"])
-        secret = self._secret(job)
+        snapshot = delivery["snapshot"]
+        secret = self._secret((snapshot["batch"] if delivery["object"] == "batch" else snapshot).get("key_id"))
         if secret is None:
             return None, "no webhook secret: the job's API key is gone and no default secret is set"
         try:
             check_webhook_url(delivery["url"], self.settings.webhook_allow_hosts)
         except WebhookUrlError as exc:
-            return None, f"refused: {exc}"
+            return None, f"{REFUSED}{exc}"
         now = datetime.now(tz=UTC)
         headers = {
             "content-type": "application/json",

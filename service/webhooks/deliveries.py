@@ -1,9 +1,10 @@
 """Webhook delivery records and their schedule in Redis.
 
 A delivery is created by the job store in the transaction of the change it reports (`service/jobs/events.py`) and
-lives in Redis: `<prefix>:deliveries:<job id>` (hash of delivery id -> record, attempts included) and
-`<prefix>:webhooks:due` (sorted set of `<job id>/<delivery id>` by due time). The webhook worker claims what is due
-and runs one attempt per Celery task (`service/webhooks/worker.py`, `service/webhooks/attempts.py`).
+lives in Redis: `<prefix>:deliveries:<subject id>` (hash of delivery id -> record, attempts included; the subject is
+a job or a batch) and `<prefix>:webhooks:due` (sorted set of `<subject id>/<delivery id>` by due time). The webhook
+worker claims what is due and runs one attempt per Celery task (`service/webhooks/worker.py`,
+`service/webhooks/attempts.py`).
 """
 
 from __future__ import annotations
@@ -33,19 +34,20 @@ class Deliveries:
         self.keys = keys
         self._claim = client.register_script(CLAIM_DUE)
 
-    def for_job(self, job_id: str) -> list[dict[str, Any]]:
-        values = cast(dict[bytes, bytes], self.client.hgetall(self.keys.deliveries(job_id)))
+    def for_subject(self, subject_id: str) -> list[dict[str, Any]]:
+        """The deliveries of a job or a batch, oldest first."""
+        values = cast(dict[bytes, bytes], self.client.hgetall(self.keys.deliveries(subject_id)))
         return sorted((json.loads(v) for v in values.values()), key=lambda d: d["created_at"])
 
-    def get(self, job_id: str, delivery_id: str) -> dict[str, Any] | None:
-        raw = self.client.hget(self.keys.deliveries(job_id), delivery_id)
+    def get(self, subject_id: str, delivery_id: str) -> dict[str, Any] | None:
+        raw = self.client.hget(self.keys.deliveries(subject_id), delivery_id)
         return json.loads(cast(bytes, raw)) if raw is not None else None
 
     def save(self, delivery: dict[str, Any], due_at: float | None) -> None:
         """Store the record; schedule it at `due_at`, or take it off the schedule when None."""
-        member = f"{delivery['job_id']}/{delivery['id']}"
+        member = f"{delivery['subject_id']}/{delivery['id']}"
         with self.client.pipeline() as pipe:
-            pipe.hset(self.keys.deliveries(delivery["job_id"]), delivery["id"], json.dumps(delivery))
+            pipe.hset(self.keys.deliveries(delivery["subject_id"]), delivery["id"], json.dumps(delivery))
             if due_at is None:
                 pipe.zrem(self.keys.webhooks_due, member)
             else:

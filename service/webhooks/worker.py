@@ -44,8 +44,8 @@ class WebhookService:
 
     def dispatch_once(self) -> int:
         due = self.deliveries.claim_due(self.lease_seconds)
-        for job_id, delivery_id in due:
-            self.celery.send_task(DELIVER_TASK, args=[job_id, delivery_id], queue=WEBHOOKS_QUEUE)
+        for subject_id, delivery_id in due:
+            self.celery.send_task(DELIVER_TASK, args=[subject_id, delivery_id], queue=WEBHOOKS_QUEUE)
         return len(due)
 
     def start_dispatcher(self) -> None:
@@ -67,8 +67,8 @@ app = service.celery
 
 
 @app.task(name=DELIVER_TASK, ignore_result=True)
-def deliver_webhook(job_id: str, delivery_id: str) -> None:
-    service.deliverer.attempt(job_id, delivery_id)
+def deliver_webhook(subject_id: str, delivery_id: str) -> None:
+    service.deliverer.attempt(subject_id, delivery_id)
 
 
 @worker_ready.connect

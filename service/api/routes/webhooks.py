@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from service.api.batch_schemas import BatchWebhookEvent
 from service.api.deps import Caller, ServicesDep
 from service.api.errors import ApiError, not_found
 from service.api.routes.responses import AUTH_ERRORS, ERR
@@ -36,6 +37,16 @@ def document_webhooks(app: FastAPI) -> None:
     def edit_event(body: WebhookEvent) -> None:
         """Only documents the request; the service never serves this path."""
 
+    @app.webhooks.post(
+        "batch-event",
+        summary="A batch finished, delivered once to the batch's `webhook` URL",
+        description="Sent when the batch is closed and every item is finished (succeeded, failed or canceled; item "
+        "failures do not fail the batch), with the counts. Signed and retried as edit events are.",
+        tags=["webhooks"],
+    )
+    def batch_event(body: BatchWebhookEvent) -> None:
+        """Only documents the request; the service never serves this path."""
+
 
 @router.get(
     "/v1/edits/{job_id}/deliveries",
@@ -46,7 +57,7 @@ def document_webhooks(app: FastAPI) -> None:
 )
 def list_deliveries(job_id: str, caller: Caller, services: ServicesDep) -> DeliveryList:
     services.manager.owned(caller.tenant, job_id)
-    return DeliveryList(data=[_delivery(d) for d in services.deliveries.for_job(job_id)])
+    return DeliveryList(data=[_delivery(d) for d in services.deliveries.for_subject(job_id)])
 
 
 @router.post(
