@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the CUDA build from PyPI on a GPU machine. Override for another platform, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test lint openapi clean
+.PHONY: install run test lint deploy-check openapi clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The deployment files checked and the images built and run: needs Docker's daemon, docker-compose, promtool,
+# debootstrap and kubectl (`.ci/prerequisites` installs or checks them).
+deploy-check: install
+	$(BIN)/python -m pytest -m deploy tests/test_deployment.py
 
 lint: install
 	$(BIN)/ruff check .

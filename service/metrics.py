@@ -37,7 +37,7 @@ _WORKER: frozenset[Literal["api", "worker"]] = frozenset({"worker"})
 
 FAMILIES: dict[str, Family] = {
     "chronoedit_jobs_total": Family("counter", ("kind", "mode", "lane", "status"), _BOTH),
-    "chronoedit_job_stage_seconds": Family("histogram", ("kind", "mode", "stage"), _BOTH),
+    "chronoedit_job_stage_seconds": Family("histogram", ("kind", "mode", "lane", "stage"), _BOTH),
     "chronoedit_denoise_step_seconds": Family("histogram", ("kind", "mode"), _WORKER),
     "chronoedit_queue_depth": Family("gauge", ("queue",), _API),
     "chronoedit_batch_items_pending": Family("gauge", (), _API),
@@ -70,7 +70,7 @@ JOBS = Counter(
 JOB_STAGE_SECONDS = Histogram(
     "chronoedit_job_stage_seconds",
     "Seconds spent per job stage. queue_wait: created to first claim; end_to_end: created to succeeded.",
-    ["kind", "mode", "stage"],
+    ["kind", "mode", "lane", "stage"],
     buckets=STAGE_BUCKETS,
 )
 WEBHOOK_DELIVERIES = Counter("chronoedit_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])

@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.logs import LogFormat
 
+DEV_SIGNING_SECRET = "dev-only-change-me"  # noqa: S105 - the development default, refused outside dev mode
+EXAMPLE_SECRET_MARKER = "change-me"  # noqa: S105 - a marker looked for in secrets, not one
+"""Placeholder secrets (the built-in default, `.env.example`) contain this; a production API refuses them."""
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHRONOEDIT_", env_file=".env", extra="ignore")
@@ -31,7 +35,9 @@ class CommonSettings(BaseSettings):
     s3_create_bucket: bool = Field(False, description="Create the bucket at start if it does not exist.")
 
     url_signing_secret: SecretStr = Field(
-        SecretStr("dev-only-change-me"), description="HMAC key of the local backend's download URLs."
+        SecretStr(DEV_SIGNING_SECRET),
+        description="HMAC key of the local backend's download and upload URLs; the default is refused outside "
+        "`DEV_MODE`.",
     )
     url_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Lifetime of download URLs.")
 
@@ -48,6 +54,17 @@ class CommonSettings(BaseSettings):
         7 * 24 * 3600, ge=1, description="Inputs and outputs of finished jobs are deleted this long after they end."
     )
 
+    dev_mode: bool = Field(
+        False,
+        description="Development: the API accepts the built-in URL-signing secret and example secrets (values with "
+        "`change-me`, as in `.env.example`). `chronoedit serve` turns it on; deployments leave it off.",
+    )
+    batch_open_idle_seconds: float = Field(
+        24 * 3600,
+        gt=0,
+        description="An open batch that takes no items for this long is closed (and completes when its items are "
+        "done), so a client that never closes it does not leave it open for ever.",
+    )
     log_format: LogFormat = Field("json", description="`json` (one object per line) or `plain` log lines.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
@@ -139,6 +156,30 @@ class ApiSettings(CommonSettings):
         8, ge=1, le=64, description="Items of one batch request read, validated and stored at the same time."
     )
     upload_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a `POST /v1/uploads` URL.")
+
+    def placeholder_secrets(self) -> list[str]:
+        """The settings that still hold a placeholder secret (empty in a deployment fit to start)."""
+        secrets = {
+            "S3_SECRET_ACCESS_KEY": self.s3_secret_access_key,
+            "DEFAULT_WEBHOOK_SECRET": self.default_webhook_secret,
+        }
+        if self.storage_backend == "local":  # the only backend whose URLs it signs
+            secrets["URL_SIGNING_SECRET"] = self.url_signing_secret
+        return sorted(
+            f"CHRONOEDIT_{name}"
+            for name, value in secrets.items()
+            if value is not None and EXAMPLE_SECRET_MARKER in value.get_secret_value()
+        )
+
+    def require_real_secrets(self) -> None:
+        """Refuse to serve with a placeholder secret unless in dev mode (a forged download URL, a guessable webhook
+        signature)."""
+        placeholders = self.placeholder_secrets()
+        if placeholders and not self.dev_mode:
+            raise ValueError(
+                f"{', '.join(placeholders)} still hold a placeholder value (the built-in default, or `change-me` from "
+                ".env.example); set real secrets, or CHRONOEDIT_DEV_MODE=true for development"
+            )
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> ApiSettings:

@@ -11,7 +11,7 @@ from tests.stack import DEFAULT_WEBHOOK_SECRET, S3_ENV, Stack, start_moto
 
 _databases = itertools.count(0)
 REDIS_DATABASES = 64
-"""Stacks take 0, 1, 2 ... in turn; tests that use Redis without a stack take 61 to 63."""
+"""Stacks take 0, 1, 2 ... in turn; tests that use Redis without a stack take 60 to 63."""
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
 
     def make(name: str, **env: str) -> Stack:
         db = next(_databases)
-        assert db < 61, "databases 61 to 63 are for the tests that use Redis without a stack"
+        assert db < 60, "databases 60 to 63 are for the tests that use Redis without a stack"
         stack = Stack(
             name=name,
             logs=logs_dir,

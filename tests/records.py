@@ -19,4 +19,4 @@ def job_record(steps: int = 2, **fields: object) -> JobRecord:
         outputs=["image"],
     )
     stored = StoredFile(key="k", content_type="image/png", width=16, height=16, bytes=1)
-    return JobRecord(id=uuid.uuid4().hex, params=params, input=stored, **fields)
+    return JobRecord.model_validate({"id": uuid.uuid4().hex, "params": params, "input": stored, **fields})

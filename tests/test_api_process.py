@@ -1,9 +1,10 @@
-"""The API process: runs without torch, publishes an OpenAPI document that matches the committed one, and reports
-readiness part by part."""
+"""The API process: runs without torch, refuses placeholder secrets outside dev mode, publishes an OpenAPI document
+that matches the committed one, and reports readiness part by part."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,11 +13,12 @@ import pytest
 
 from service.api.app import create_app
 from service.api.openapi import DOCUMENT_PATH, render
+from service.cli.processes import Child, free_port, python_module, wait_http
 from service.settings import ApiSettings
 
 
 def test_openapi_document_is_up_to_date() -> None:
-    generated = render(create_app(ApiSettings()))
+    generated = render(create_app(ApiSettings(dev_mode=True)))
     assert DOCUMENT_PATH.read_text() == generated, "run `make openapi` and commit openapi/openapi.json"
 
 
@@ -57,6 +59,7 @@ def test_api_runs_without_torch(redis_server: str) -> None:
         f"""
         import os
         os.environ["CHRONOEDIT_REDIS_URL"] = "{redis_server}/62"
+        os.environ["CHRONOEDIT_DEV_MODE"] = "true"
         from fastapi.testclient import TestClient
         from service.api.app import create_app
         import service.cli, service.jobs.system, service.storage, service.jobs.queue, service.webhooks.worker
@@ -126,3 +129,33 @@ def test_openapi_documents_the_client_contract() -> None:
         "healthz" in json.dumps(document["paths"]["/healthz"])
         and "security" not in document["paths"]["/healthz"]["get"]
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CHRONOEDIT_STORAGE_BACKEND": "local"}, "CHRONOEDIT_URL_SIGNING_SECRET"),
+        (
+            {
+                "CHRONOEDIT_STORAGE_BACKEND": "s3",
+                "CHRONOEDIT_S3_ACCESS_KEY_ID": "chronoedit",
+                "CHRONOEDIT_S3_SECRET_ACCESS_KEY": "change-me-minio-secret",
+            },
+            "CHRONOEDIT_S3_SECRET_ACCESS_KEY",
+        ),
+    ],
+    ids=["built-in signing secret", "example S3 secret"],
+)
+def test_api_refuses_placeholder_secrets_outside_dev_mode(redis_server: str, env: dict[str, str], named: str) -> None:
+    base = {**os.environ, "CHRONOEDIT_REDIS_URL": f"{redis_server}/62", "CHRONOEDIT_PORT": str(free_port()), **env}
+    base.pop("CHRONOEDIT_DEV_MODE", None)
+    refused = subprocess.run(
+        python_module("service.cli", "api"), env=base, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode != 0 and named in refused.stderr, refused.stderr[-2000:]
+    assert "CHRONOEDIT_DEV_MODE=true" in refused.stderr, "the message says how to run a development API"
+    child = Child("dev-api", python_module("service.cli", "api"), {**base, "CHRONOEDIT_DEV_MODE": "true"})
+    try:
+        wait_http(f"http://127.0.0.1:{base['CHRONOEDIT_PORT']}/healthz", child)
+    finally:
+        child.stop()

@@ -48,24 +48,37 @@ UPSCALE = ("--kind", "upscale", "--mode", "fast", "--scale", "2", "--steps", "2"
 def test_submit_follow_and_download_a_catalog(served: Stack, tmp_path: Path) -> None:
     folder = catalog(tmp_path / "catalog", 4)
     (folder / "broken.png").write_bytes(b"not an image at all")
+    (folder / "copies").mkdir()
+    (folder / "copies" / "sku-0.png").write_bytes((folder / "sku-0.png").read_bytes())  # same bytes, other path
+    (folder / "sku-2.webp").write_bytes(sample_image(40, 32, seed=9, fmt="WEBP"))  # same stem as sku-2.png
     submitted = chronoedit(served, "batch", "submit", str(folder), *UPSCALE)
     assert submitted.returncode == 1, "an item was refused: the command says so in its exit status"
     assert "refused broken.png: invalid_image" in submitted.stderr
-    assert "4 succeeded, 0 failed" in submitted.stderr, submitted.stderr
+    assert "6 succeeded, 0 failed" in submitted.stderr, submitted.stderr
     batch_id = submitted.stdout.split()[0]
     assert batch_id.startswith("batch_")
 
     status = chronoedit(served, "batch", "status", batch_id)
-    assert status.returncode == 0 and "completed: 4 items" in status.stderr
+    assert status.returncode == 0 and "completed: 6 items" in status.stderr
 
     out = tmp_path / "out"
     first = chronoedit(served, "batch", "download", batch_id, str(out))
-    assert first.returncode == 0 and "4 files written, 0 already there" in first.stderr, first.stderr
+    assert first.returncode == 0 and "6 files written, 0 already there" in first.stderr, first.stderr
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["shoes/sku-1.png", "shoes/sku-3.png", "sku-0.png", "sku-2.png"]
+    assert written == [
+        "copies/sku-0.png", "shoes/sku-1.png", "shoes/sku-3.png", "sku-0.png", "sku-2.png.png", "sku-2.webp.png"
+    ]  # fmt: skip
     assert Image.open(io.BytesIO((out / "shoes/sku-1.png").read_bytes())).size == (80, 64), "2x the input"
     again = chronoedit(served, "batch", "download", batch_id, str(out))
-    assert "0 files written, 4 already there" in again.stderr, "downloads resume"
+    assert "0 files written, 6 already there" in again.stderr, "downloads resume"
+
+
+def test_download_names_stay_inside_the_output_folder() -> None:
+    from service.cli.batch import _safe_path, _safe_stem
+
+    for hostile in ("../../etc/cron.d/x.png", "/etc/passwd", "..\\..\\boot.ini", ".."):
+        assert not _safe_path(hostile).startswith(("/", "..")) and ".." not in _safe_path(hostile).split("/")
+    assert _safe_stem("shoes/sku-1.jpg") == "shoes/sku-1"
 
 
 def test_a_rerun_uploads_only_what_the_open_batch_lacks(served: Stack, tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ def local(make_stack, tmp_path_factory: pytest.TempPathFactory) -> Stack:
         "local",
         CHRONOEDIT_STORAGE_BACKEND="local",
         CHRONOEDIT_STORAGE_DIR=str(folder),
+        CHRONOEDIT_URL_SIGNING_SECRET="local-storage-test-secret-7f3a",
         CHRONOEDIT_OUTPUT_RETENTION_SECONDS="3",
     )
     stack.start_api()

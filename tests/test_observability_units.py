@@ -21,8 +21,7 @@ from service.metrics import record_webhook_delivery
 from service.settings import ApiSettings
 from tests.test_store import new_job, output
 
-STAGE_LABELS = {"kind": "edit", "mode": "standard"}
-LABELS = {**STAGE_LABELS, "lane": "interactive"}
+LABELS = {"kind": "edit", "mode": "standard", "lane": "interactive"}
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def sample(name: str, **labels: str) -> float:
 def test_a_job_is_counted_once_by_the_transition_that_finished_it(store: JobStore) -> None:
     succeeded = sample("chronoedit_jobs_total", status="succeeded", **LABELS)
     failed = sample("chronoedit_jobs_total", status="failed", **LABELS)
-    end_to_end = sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **STAGE_LABELS)
+    end_to_end = sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **LABELS)
 
     job = new_job(store)
     claimed = store.claim(job.id, "w1")
@@ -49,12 +48,12 @@ def test_a_job_is_counted_once_by_the_transition_that_finished_it(store: JobStor
     assert not store.fail(job.id, claimed.attempt, "internal_error", "late")
     assert sample("chronoedit_jobs_total", status="succeeded", **LABELS) == succeeded + 1
     assert sample("chronoedit_jobs_total", status="failed", **LABELS) == failed
-    assert sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **STAGE_LABELS) == end_to_end + 1
+    assert sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **LABELS) == end_to_end + 1
 
 
 def test_a_job_the_reconciler_fails_is_counted_as_failed(store: JobStore) -> None:
     failed = sample("chronoedit_jobs_total", status="failed", **LABELS)
-    end_to_end = sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **STAGE_LABELS)
+    end_to_end = sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **LABELS)
     job = new_job(store)
     for _ in range(store.max_attempts):
         assert store.claim(job.id, "w1") is not None
@@ -62,9 +61,7 @@ def test_a_job_the_reconciler_fails_is_counted_as_failed(store: JobStore) -> Non
         store.requeue_if_expired(job.id)
     assert store.get(job.id).status == "failed"  # type: ignore[union-attr]
     assert sample("chronoedit_jobs_total", status="failed", **LABELS) == failed + 1
-    assert sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **STAGE_LABELS) == end_to_end, (
-        "success only"
-    )
+    assert sample("chronoedit_job_stage_seconds_count", stage="end_to_end", **LABELS) == end_to_end, "success only"
 
 
 def test_webhook_deliveries_are_counted_by_bounded_outcome() -> None:
@@ -109,7 +106,9 @@ def test_plain_formatter_appends_context_fields() -> None:
 
 
 def test_http_metrics_label_routes_by_template_and_metrics_is_not_in_the_schema(redis_server: str) -> None:
-    settings = ApiSettings(redis_url=f"{redis_server}/61", ready_worker_required=False, auth_required=False)
+    settings = ApiSettings(
+        redis_url=f"{redis_server}/61", ready_worker_required=False, auth_required=False, dev_mode=True
+    )
     route = "/v1/edits/{job_id}"
     before = sample("chronoedit_http_requests_total", route=route, method="GET", status="404")
     with TestClient(create_app(settings)) as client:

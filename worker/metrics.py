@@ -1,21 +1,27 @@
 """A worker process's metrics: its own Prometheus exporter, state gauges, stage and denoise-step timings, and GPU
 memory. The families are listed, with their labels, in `service/metrics.py` (`FAMILIES`).
 
-A Celery worker is not an HTTP server, so each pool child (the process that holds the pipeline) serves `/metrics` on
-its own port from a thread. Without a CUDA device the GPU family is simply absent, never zero.
+A Celery worker is not an HTTP server, so each pool child (the process that holds the pipeline) serves, on its own
+port from a thread, `/metrics` and the probes an orchestrator asks: `/healthz` (the process answers) and `/readyz`
+(200 once the model is loaded and the worker takes jobs, 503 before). Without a CUDA device the GPU family is simply
+absent, never zero.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import torch
 from celery.utils.log import current_process_index
-from prometheus_client import REGISTRY, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,20 +59,47 @@ class WorkerMetrics:
         MODEL_LOAD_SECONDS.labels(self.worker).set(seconds)
 
 
-def start_exporter(settings: WorkerSettings, device: str) -> int:
-    """Serve this process's `/metrics` from a thread; returns the port it listens on.
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_: object) -> None:
+        """Probes and scrapes come every few seconds; they are not log lines."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def probes_app(ready: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+    """`/healthz`, `/readyz` and, on every other path, the Prometheus exposition."""
+    metrics = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics(environ, start_response)
+        ok = path == "/healthz" or ready()
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"ok\n" if ok else b"not ready\n"]
+
+    return app
+
+
+def start_exporter(settings: WorkerSettings, device: str, ready: Callable[[], bool] = lambda: True) -> int:
+    """Serve this process's `/metrics`, `/healthz` and `/readyz` from a thread; returns the port it listens on.
 
     The port is `metrics_port` plus the pool child's index (so several children of one worker never clash), or a
     free one when `metrics_port` is 0. GPU memory is collected only when the pipeline lives on a CUDA device.
     """
     port = settings.metrics_port + (current_process_index() or 0) if settings.metrics_port else 0
     try:
-        server, _ = start_http_server(port, addr=settings.metrics_host)
+        server = make_server(
+            settings.metrics_host, port, probes_app(ready), server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
     except OSError as exc:
         raise RuntimeError(
             f"the metrics exporter cannot listen on {settings.metrics_host}:{port} ({exc}); give each worker on a "
             "host its own CHRONOEDIT_METRICS_PORT, or 0 for a free port"
         ) from exc
+    threading.Thread(target=server.serve_forever, name="exporter", daemon=True).start()
     if device.startswith("cuda"):
         REGISTRY.register(GpuMemoryCollector(torch.device(device)))
     actual = int(server.server_port)

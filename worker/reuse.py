@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from prometheus_client import Counter
 
 from service.jobs.cache import ResultCache
@@ -36,7 +37,11 @@ class OutputReuse:
 
     def reuse(self, job: JobRecord, key: str) -> tuple[dict[str, StoredFile], str] | None:
         """This job's outputs copied from an earlier identical job, and that job's id; None: run the job."""
-        hit = self.cache.lookup(job.tenant, key)
+        try:
+            hit = self.cache.lookup(job.tenant, key)
+        except redis.RedisError as exc:  # the cache is an optimisation: without it the job runs
+            logger.warning("job %s: cache lookup failed (%s); running it", job.id, exc)
+            hit = None
         if hit is None:
             CACHE_LOOKUPS.labels("miss").inc()
             return None
@@ -63,4 +68,7 @@ class OutputReuse:
         self.cache.forget(job.tenant, key)
 
     def remember(self, job: JobRecord, key: str, outputs: dict[str, StoredFile]) -> None:
-        self.cache.remember(job.tenant, key, job.id, outputs)
+        try:
+            self.cache.remember(job.tenant, key, job.id, outputs)
+        except redis.RedisError as exc:  # the job succeeded; only its reuse is lost
+            logger.warning("job %s: remembering its outputs failed (%s)", job.id, exc)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import redis
 import torch
 from PIL import Image
@@ -34,6 +35,7 @@ from chronoedit_core.runner import (
     frames_to_images,
     prepare_image,
 )
+from service import __version__ as SERVICE_VERSION
 from service.jobs.batches import BatchStore
 from service.jobs.cache import ResultCache, cache_key
 from service.jobs.lanes import BatchLane
@@ -78,13 +80,13 @@ class WorkerRuntime:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        batches = BatchStore(self.redis, settings.key_prefix, settings.output_retention_seconds)
+        self.batches = BatchStore(self.redis, settings.key_prefix, settings.output_retention_seconds)
         self.store = JobStore(
             self.redis,
             settings.key_prefix,
             settings.lease_seconds,
             settings.max_attempts,
-            on_item_finished=batches.try_complete,
+            on_item_finished=self.batches.try_complete,
         )
         self.lane = BatchLane(self.redis, settings.key_prefix)
         self.registry = WorkerRegistry(self.redis, settings.key_prefix)
@@ -111,7 +113,7 @@ class WorkerRuntime:
     def start(self) -> None:
         """Serve metrics, announce, load the pipeline, become ready. Raises if the model cannot be loaded."""
         init_job_series()
-        self.metrics_port = start_exporter(self.settings, self.placement.device)
+        self.metrics_port = start_exporter(self.settings, self.placement.device, ready=lambda: self.state == "ready")
         self._heartbeat.start()
         self._set_state("loading")
         started = time.monotonic()
@@ -224,7 +226,7 @@ class WorkerRuntime:
 
     def execute(self, job_id: str) -> None:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
-        job = self.store.claim(job_id, self.settings.worker_name)
+        job = self.store.claim(job_id, self.settings.worker_name, batch_canceled=self._in_canceled_batch(job_id))
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
             return
@@ -233,7 +235,7 @@ class WorkerRuntime:
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
-            key = cache_key(job, self.base_digest, self.lora_digests)
+            key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
             reused = self.reuse.reuse(job, key) if key is not None else None
             outputs, source = reused if reused is not None else (self._run(job), None)
             if not self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job), cached_from=source):
@@ -254,6 +256,24 @@ class WorkerRuntime:
         finally:
             self.current = None
             self._announce()
+
+    def _numerics(self) -> dict[str, str]:
+        """What, besides the weights and the job's parameters, changes this worker's pixels."""
+        options = self.runner.options if self.runner is not None else None
+        return {
+            "device": torch.device(self.placement.device).type,
+            "dtype": str(self.placement.dtype),
+            "attention": str(options.attention_backend if options else None),
+            "compile": str(options.compile if options else None),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "service": SERVICE_VERSION,
+        }
+
+    def _in_canceled_batch(self, job_id: str) -> bool:
+        """Whether the job is an item of a canceled batch (its cancel may have stopped before reaching this item)."""
+        job = self.store.get(job_id)
+        return job is not None and job.batch_id is not None and self.batches.is_canceled(job.batch_id)
 
     def _fail(self, job: JobRecord, code: str, message: str) -> None:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})

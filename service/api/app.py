@@ -22,7 +22,9 @@ API_VERSION = "1.0.0"
 
 
 def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = None) -> FastAPI:
+    """The API application. Refuses (ValueError) settings that hold a placeholder secret outside dev mode."""
     settings = settings or ApiSettings()
+    settings.require_real_secrets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

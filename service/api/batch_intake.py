@@ -10,6 +10,7 @@ as a `duplicate` with the existing item's job id; the job store checks it in the
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,12 @@ from service.jobs.record import JobRecord
 from service.jobs.view import ErrorView
 from service.storage import StorageError
 
+logger = logging.getLogger(__name__)
+
 EDIT_FIELDS = set(EditCreate.model_fields)
-ITEM_BYTES = 4096
-"""Allowance per item for the request body's size limit (a URL or key, a reference, metadata, overrides)."""
+ITEM_BYTES = 24 * 1024
+"""Allowance per item for the request body's size limit: the largest valid item (a URL, a reference, 16 metadata
+values, prompt overrides) fits."""
 
 
 async def read_batch(request: Request, services: Services) -> tuple[BatchDefaults, list[Any], dict[str, Any]]:
@@ -96,6 +100,7 @@ class BatchIntake:
         """Validate and create every item; one result per item, in request order."""
         limit = asyncio.Semaphore(self.services.settings.batch_intake_concurrency)
         first = await run_in_threadpool(self.services.jobs.batches.reserve_indices, batch.id, len(raw_items))
+        await run_in_threadpool(self.services.jobs.batches.touch, batch.id)
 
         async def one(index: int, raw: Any) -> BatchItemResult:
             async with limit:
@@ -129,6 +134,9 @@ class BatchIntake:
             return _rejected(result, exc.code, exc.message)
         except StorageError as exc:
             return _rejected(result, "storage_unavailable", f"storing the input failed: {exc}")
+        except Exception:  # one item's surprise must not abort the others half-way; it is logged with the request
+            logger.exception("batch %s: item %d failed unexpectedly", batch.id, at.in_request)
+            return _rejected(result, "internal_error", "the item could not be stored; retry it (same reference)")
         return result.model_copy(update={"status": "accepted", "job_id": job.id})
 
     async def _existing(self, batch: BatchRecord, item: BatchItemCreate) -> str | None:

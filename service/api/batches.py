@@ -12,6 +12,7 @@ import binascii
 import csv
 import io
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from service.jobs.view import BatchView, ErrorView, render_batch, render_job
 
 PAGE = 500
 """Items read per round trip while streaming a manifest or canceling."""
+SCAN_LIMIT = 5000
+"""Most items one filtered page request reads."""
 MANIFEST_COLUMNS = (
     "index",
     "reference",
@@ -100,10 +103,14 @@ class BatchManager:
         return [self.view(b) for b in batches], _encode(last) if last is not None else None
 
     def items(self, batch: BatchRecord, base_url: str, limit: int, cursor: str | None, status: str | None) -> ItemPage:
+        """A page of items after `cursor`; with a `status` filter, at most `SCAN_LIMIT` items are read per page (the
+        cursor then carries on, so a page may hold fewer than `limit`)."""
         after = int(_decode(cursor)) if cursor else -1
         found: list[BatchItemView] = []
-        while len(found) < limit:
+        scanned = 0
+        while len(found) < limit and scanned < SCAN_LIMIT:
             rows = self.batches.items(batch.id, after, limit)
+            scanned += len(rows)
             if not rows:
                 return ItemPage(found, None)
             for job, index in zip(self._jobs([r[0] for r in rows]), (r[1] for r in rows), strict=True):
@@ -149,9 +156,9 @@ class BatchManager:
     def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
         """Stop the batch: no more items, queued items canceled at once, running ones at their next step."""
         batch = self.owned(tenant, batch_id)
-        if batch.status in ("completed", "canceled"):
+        if batch.completed_at is not None:
             return batch
-        self.batches.cancel(batch_id)
+        self.batches.cancel(batch_id)  # again on a canceled batch: a cancel cut short goes on where it stopped
         after = -1
         while rows := self.batches.items(batch_id, after, PAGE):
             for job_id, _ in rows:
@@ -201,6 +208,9 @@ def _encode(value: float) -> str:
 
 def _decode(cursor: str) -> float:
     try:
-        return float(base64.urlsafe_b64decode(cursor.encode()).decode())
+        value = float(base64.urlsafe_b64decode(cursor.encode()).decode())
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned") from exc
+    if not math.isfinite(value):
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned")
+    return value

@@ -69,11 +69,16 @@ async def _read_multipart(request: Request, settings: ApiSettings) -> tuple[Edit
 
 
 async def read_json_object(request: Request, limit: int, too_large: str = "payload_too_large") -> dict[str, Any]:
-    """The request's JSON object body, refused above `limit` bytes (413 `too_large`)."""
+    """The request's JSON object body, refused above `limit` bytes (413 `too_large`), also when it comes chunked."""
     if int(request.headers.get("content-length") or 0) > limit:
         raise ApiError(413, too_large, f"the request body is above the limit of {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > limit:
+            raise ApiError(413, too_large, f"the request body is above the limit of {limit} bytes")
     try:
-        body = json.loads(await request.body())
+        body = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

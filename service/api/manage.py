@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -45,9 +46,12 @@ def encode_cursor(job: JobRecord) -> str:
 
 def decode_cursor(cursor: str) -> float:
     try:
-        return float(base64.urlsafe_b64decode(cursor.encode()).decode())
+        value = float(base64.urlsafe_b64decode(cursor.encode()).decode())
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned") from exc
+    if not math.isfinite(value):  # `nan` and `inf` are floats, but not a place in a list
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned")
+    return value
 
 
 class JobManager:

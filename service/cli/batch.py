@@ -1,13 +1,15 @@
 """`chronoedit batch submit|status|download|cancel`: catalog batches from a folder of images, over the public API.
 
 `submit DIR` uploads every image of the folder with direct uploads (several at a time), appends them to a batch as
-items whose `reference` is the file's SHA-256 and whose metadata holds its path, closes the batch and follows it to
-the end with progress bars; it exits 1 with a summary when items failed or were refused. It is resumable: the batch
-id is kept in `DIR/.chronoedit-batch.json`, and a rerun while that batch is still open uploads only the files it
-lacks. A batch has a seed (default 0), so rerunning a finished catalog reuses every unchanged result (no GPU work).
+items whose `reference` is a hash of the file's path and bytes and whose metadata holds its path, closes the batch
+and follows it to the end with progress bars; it exits 1 with a summary when items failed, were canceled or were
+refused. It is resumable: the batch id is kept in `DIR/.chronoedit-batch.json`; a rerun while that batch is open
+uploads only the files it lacks, and one while it runs follows it. A batch has a seed (default 0), so rerunning a
+finished catalog starts a new batch that reuses every unchanged result (no GPU work).
 
 `download ID OUT_DIR` writes each succeeded item's outputs under its original path (`photo.jpg` -> `photo.png`, and
-`photo.mp4` for videos), skipping files already there, so it resumes too.
+`photo.mp4` for videos; `photo.jpg.png` when two files would share a name), skipping files already there, so it
+resumes too.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import hashlib
 import json
 import mimetypes
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -42,6 +46,11 @@ class Source:
     name: str
     """The path below the folder, with `/` separators: the item's `filename` metadata."""
     sha256: str
+
+    @property
+    def reference(self) -> str:
+        """The item's reference: the same file at the same path is the same item; a copy elsewhere is another."""
+        return hashlib.sha256(f"{self.name}\0{self.sha256}".encode()).hexdigest()
 
 
 def add_batch_parser(sub: Any) -> argparse.ArgumentParser:
@@ -72,6 +81,7 @@ def add_batch_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_batch(args: argparse.Namespace) -> int:
+    """Exit status: 0 done, 1 items failed, were canceled or refused, 2 the request could not be made."""
     with ApiClient() as api:
         try:
             if args.action == "submit":
@@ -82,6 +92,9 @@ def run_batch(args: argparse.Namespace) -> int:
             batch = api.json("POST" if args.action == "cancel" else "GET", path)
         except ApiFailure as exc:
             console.print(f"[red]{exc}[/red]")
+            return 2
+        except httpx.HTTPError as exc:
+            console.print(f"[red]{api.url} could not be reached: {exc}[/red]")
             return 2
     print_summary(batch)
     return 0
@@ -97,20 +110,25 @@ def submit(api: ApiClient, args: argparse.Namespace) -> int:
         console.print(f"no images in {folder}")
         return 2
     batch = _resume(api, folder) or _create(api, args, folder)
-    present = {item["reference"] for item in api.pages(f"/v1/batches/{batch['id']}/items", limit=500)}
-    todo = [s for s in sources if s.sha256 not in present]
-    console.print(f"batch {batch['id']}: {len(sources)} images, {len(sources) - len(todo)} already in the batch")
-    print(batch["id"], flush=True)
-    refused = _upload_and_append(api, batch["id"], todo, args.concurrency)
-    if args.no_close:
-        return 1 if refused else 0
-    api.json("POST", f"/v1/batches/{batch['id']}/close")
+    refused = 0
+    if batch["status"] == "open":
+        present = {item["reference"] for item in api.pages(f"/v1/batches/{batch['id']}/items", limit=500)}
+        todo = [s for s in sources if s.reference not in present]
+        console.print(f"batch {batch['id']}: {len(sources)} images, {len(sources) - len(todo)} already in the batch")
+        print(batch["id"], flush=True)
+        refused = _upload_and_append(api, batch["id"], todo, args.concurrency)
+        if args.no_close:
+            return 1 if refused else 0
+        api.json("POST", f"/v1/batches/{batch['id']}/close")
+    else:
+        console.print(f"batch {batch['id']} is closed and still running; following it")
+        print(batch["id"], flush=True)
     if args.no_wait:
         return 1 if refused else 0
     batch = follow(api, batch["id"])
     failed = report_failures(api, batch["id"])
     print_summary(batch)
-    return 1 if refused or failed else 0
+    return 1 if refused or failed or batch["counts"]["canceled"] else 0
 
 
 def scan(folder: Path) -> Iterator[Source]:
@@ -131,7 +149,7 @@ def _resume(api: ApiClient, folder: Path) -> dict[str, Any] | None:
         batch = api.json("GET", f"/v1/batches/{saved['batch_id']}")
     except ApiFailure:
         return None
-    if batch["status"] != "open":
+    if batch["status"] in ("completed", "canceled"):
         console.print(f"batch {batch['id']} is {batch['status']}; starting a new batch (unchanged results are reused)")
         return None
     return dict(batch)
@@ -177,7 +195,7 @@ def _upload_and_append(api: ApiClient, batch_id: str, todo: list[Source], concur
 def _item(api: ApiClient, source: Source) -> dict[str, Any]:
     content_type = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
     input_key = api.upload(source.path.read_bytes(), content_type)
-    return {"input_key": input_key, "reference": source.sha256, "metadata": {"filename": source.name}}
+    return {"input_key": input_key, "reference": source.reference, "metadata": {"filename": source.name}}
 
 
 def _append(api: ApiClient, batch_id: str, items: list[dict[str, Any]]) -> int:
@@ -226,11 +244,12 @@ def print_summary(batch: dict[str, Any]) -> None:
 
 def download(api: ApiClient, batch_id: str, out_dir: Path) -> int:
     items = [i for i in api.pages(f"/v1/batches/{batch_id}/items", limit=500) if i["status"] == "succeeded"]
+    stems = Counter(_safe_stem(_name(item)) for item in items)
     written = skipped = 0
     with _progress() as progress:
         task = progress.add_task("downloading", total=len(items))
         for item in items:
-            for target, output in _targets(out_dir, item):
+            for target, output in _targets(out_dir, item, clashes=stems[_safe_stem(_name(item))] > 1):
                 if target.exists() and target.stat().st_size == output["bytes"]:
                     skipped += 1
                     continue
@@ -244,18 +263,26 @@ def download(api: ApiClient, batch_id: str, out_dir: Path) -> int:
     return 0
 
 
-def _targets(out_dir: Path, item: dict[str, Any]) -> Iterable[tuple[Path, dict[str, Any]]]:
-    stem = _safe_stem(item["metadata"].get("filename") or item["reference"] or item["job_id"])
+def _name(item: dict[str, Any]) -> str:
+    return str(item["metadata"].get("filename") or item["reference"] or item["job_id"])
+
+
+def _targets(out_dir: Path, item: dict[str, Any], clashes: bool) -> Iterable[tuple[Path, dict[str, Any]]]:
+    """Where each output goes: `name.png` (`name.mp4`), or `name.jpg.png` when two inputs share the stem."""
+    base = _safe_path(_name(item)) if clashes else _safe_stem(_name(item))
     suffixes = {"image": ".png", "video": ".mp4"}
-    return [(out_dir / f"{stem}{suffixes[name]}", output) for name, output in item["outputs"].items()]
+    return [(out_dir / f"{base}{suffixes[name]}", output) for name, output in item["outputs"].items()]
+
+
+def _safe_path(name: str) -> str:
+    """The name as a path kept below the output folder (no absolute paths, no `..`; names come from the server)."""
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+    return "/".join(parts) or "item"
 
 
 def _safe_stem(name: str) -> str:
-    """The name's path without its suffix, kept below the output folder (no absolute paths, no `..`)."""
-    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".", "..", "/")]
-    if parts:
-        parts[-1] = PurePosixPath(parts[-1]).stem or parts[-1]
-    return "/".join(parts) or "item"
+    path = PurePosixPath(_safe_path(name))
+    return str(path.with_name(path.stem)) if path.stem else str(path)
 
 
 def _progress() -> Progress:

@@ -8,6 +8,7 @@ from `CHRONOEDIT_URL` (default `http://127.0.0.1:8000`) and the key from `CHRONO
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,17 +66,24 @@ class ApiClient:
         raise _failure(response)
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON. A POST carries a fresh `Idempotency-Key`, the same on every retry, so a request whose
+        answer was lost (a proxy's 502 after the API acted) is not carried out twice."""
+        if method == "POST":
+            kwargs["headers"] = {"Idempotency-Key": uuid.uuid4().hex, **kwargs.get("headers", {})}
         return self.call(method, path, **kwargs).json()
 
     def upload(self, data: bytes, content_type: str) -> str:
         """Store an input image with a direct upload; returns its `input_key`."""
         upload = self.json("POST", "/v1/uploads")
         url = upload["upload_url"]
-        target = url if url.startswith("http") else f"{self.url}{url}"
-        response = httpx.put(target, content=data, headers={"Content-Type": content_type}, timeout=self.http.timeout)
+        self._put(url if url.startswith("http") else f"{self.url}{url}", data, content_type)
+        return str(upload["input_key"])
+
+    @retry(retry=retry_if_exception_type(Busy), wait=_wait, stop=stop_after_attempt(8), reraise=True)
+    def _put(self, url: str, data: bytes, content_type: str) -> None:
+        response = httpx.put(url, content=data, headers={"Content-Type": content_type}, timeout=self.http.timeout)
         if not response.is_success:
             raise _failure(response)
-        return str(upload["input_key"])
 
     def download(self, url: str) -> bytes:
         """The bytes of an output URL (a presigned S3 URL, or a signed path below the API)."""

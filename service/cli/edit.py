@@ -8,6 +8,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -49,6 +50,9 @@ def run_edit(args: argparse.Namespace) -> int:
                 out.with_suffix(".mp4").write_bytes(api.download(job["outputs"]["video"]["url"]))
         except ApiFailure as exc:
             console.print(f"[red]{exc}[/red]")
+            return 2
+        except httpx.HTTPError as exc:
+            console.print(f"[red]{api.url} could not be reached: {exc}[/red]")
             return 2
     console.print(f"wrote {out} (seed {job['params']['seed']})")
     return 0

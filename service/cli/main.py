@@ -112,7 +112,7 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     from service.api.app import create_app
     from service.api.openapi import DOCUMENT_PATH, render
 
-    text = render(create_app(ApiSettings()))
+    text = render(create_app(ApiSettings(dev_mode=True)))  # only renders the document; serves nothing
     if args.check:
         same = DOCUMENT_PATH.exists() and DOCUMENT_PATH.read_text() == text
         print("openapi/openapi.json is up to date" if same else "openapi/openapi.json is out of date")

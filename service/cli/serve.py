@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = {
         "CHRONOEDIT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "CHRONOEDIT_STORAGE_BACKEND": "local",
+        "CHRONOEDIT_DEV_MODE": "true",  # the built-in URL-signing secret is fine on a laptop
         "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
         "CHRONOEDIT_MODEL_DIR": str(model_dir),
         "CHRONOEDIT_QUEUES": '["edits", "reasoning", "batch"]',  # the one embedded worker serves every kind

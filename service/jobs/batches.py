@@ -22,7 +22,6 @@ from service.jobs.events import JobKeys
 from service.jobs.record import Kind, Mode
 
 BatchStatus = Literal["open", "running", "completed", "canceled"]
-ITEM_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 
 
 class BatchRecord(BaseModel):
@@ -81,8 +80,17 @@ class BatchStore:
         with self.client.pipeline() as pipe:
             pipe.set(self.keys.batch(batch.id), batch.model_dump_json())
             pipe.zadd(self.keys.tenant_batches(batch.tenant), {batch.id: batch.created_at})
-            pipe.zadd(self.keys.unfinished_batches, {batch.id: batch.created_at})
+            pipe.zadd(self.keys.open_batches, {batch.id: batch.created_at})
             pipe.execute()
+
+    def touch(self, batch_id: str) -> None:
+        """The batch just took items: its idle clock starts again."""
+        self.client.zadd(self.keys.open_batches, {batch_id: time.time()}, xx=True)
+
+    def idle_open(self, before: float, limit: int = 100) -> list[str]:
+        """Open batches that took no items since `before`."""
+        members = cast(list[bytes], self.client.zrangebyscore(self.keys.open_batches, "-inf", before, 0, limit))
+        return [member.decode() for member in members]
 
     def get(self, batch_id: str) -> BatchRecord | None:
         raw = self.client.get(self.keys.batch(batch_id))
@@ -149,6 +157,9 @@ class BatchStore:
                         return None
                     pipe.multi()
                     pipe.set(key, new.model_dump_json(), keepttl=True)
+                    if new.status != "open":
+                        pipe.zrem(self.keys.open_batches, batch_id)
+                        pipe.zadd(self.keys.unfinished_batches, {batch_id: time.time()}, nx=True)
                     pipe.execute()
                     return new
                 except redis.WatchError:
@@ -171,11 +182,11 @@ class BatchStore:
                     done = self._completed(batch)
                     pipe.multi()
                     pipe.set(key, done.model_dump_json())
-                    self._expire(pipe, batch_id)
                     pipe.zrem(self.keys.unfinished_batches, batch_id)
                     if done.webhook is not None:
                         snapshot = {"batch": done.model_dump(mode="json"), "counts": counts.model_dump()}
                         events.add_delivery(pipe, self.keys, batch_id, "batch", "completed", done.webhook, snapshot)
+                    self._expire(pipe, batch_id)  # after the delivery exists, so its record expires too
                     pipe.execute()
                     return done
                 except redis.WatchError:
@@ -198,10 +209,15 @@ class BatchStore:
         ):
             pipe.expire(key, ttl)
 
-    def unfinished(self, limit: int = 200) -> list[str]:
-        """Batches not yet completed, oldest first (for the reconciler's sweep)."""
+    def unfinished(self, limit: int = 500) -> list[str]:
+        """Closed or canceled batches not yet completed, closed longest ago first (for the reconciler's sweep; each
+        completes once its items are finished, so the set stays small)."""
         members = cast(list[bytes], self.client.zrange(self.keys.unfinished_batches, 0, limit - 1))
         return [member.decode() for member in members]
+
+    def is_canceled(self, batch_id: str) -> bool:
+        batch = self.get(batch_id)
+        return batch is not None and batch.status == "canceled"
 
     def page(self, tenant: str, before: float | None, limit: int) -> list[BatchRecord]:
         """A tenant's batches, newest first, created before `before`; index entries of expired batches are pruned."""

@@ -2,11 +2,12 @@
 
 A job may be answered from the cache when it asked for it (`cache`, on by default for batch items), its seed was
 given explicitly, and the worker knows the digests of the weights it holds (a verified manifest). The key is a hash
-of the tenant, the job kind, the input's SHA-256, every resolved parameter (prompt, seed, size, steps, outputs ...)
-and the weight digests: the base model's and those of the adapters the job activates. It is computed by the worker
-that claims the job, so entries made with other weights are never hit: a worker with new weights misses, runs the
-job, and makes new entries. Entries point at the earlier job's outputs; they live as long as outputs do (retention),
-and a hit whose source files are gone is dropped. Tenants never share entries.
+of the tenant, the job kind, the input's SHA-256, every resolved parameter (prompt, seed, size, steps, outputs ...),
+the weight digests (the base model's and those of the adapters the job activates) and the worker's numerics (device
+type, precision, attention backend, compilation, library versions: what changes the pixels besides the weights). It
+is computed by the worker that claims the job, so entries made with other weights or numerics are never hit: such a
+worker misses, runs the job, and makes its own entries. Entries point at the earlier job's outputs; they live as long
+as outputs do (retention), and a hit whose source files are gone is dropped. Tenants never share entries.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class CachedResult:
     outputs: dict[str, StoredFile]
 
 
-def cache_key(job: JobRecord, base_digest: str | None, lora_digests: dict[str, str]) -> str | None:
+def cache_key(
+    job: JobRecord, base_digest: str | None, lora_digests: dict[str, str], numerics: dict[str, str]
+) -> str | None:
     """The job's cache key, or None when it may not use the cache."""
     if not job.cache or base_digest is None or job.input.sha256 is None:
         return None
@@ -38,6 +41,7 @@ def cache_key(job: JobRecord, base_digest: str | None, lora_digests: dict[str, s
         "input": job.input.sha256,
         "params": job.params.model_dump(mode="json"),
         "weights": {"base": base_digest, "loras": {name: lora_digests[name] for name in sorted(job.params.loras)}},
+        "numerics": numerics,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -44,6 +44,9 @@ class JobKeys:
         self.finished = f"{prefix}:finished"
         self.webhooks_due = f"{prefix}:webhooks:due"
         self.unfinished_batches = f"{prefix}:batches:unfinished"
+        """Closed or canceled batches not yet completed, by when they were closed (the reconciler's sweep)."""
+        self.open_batches = f"{prefix}:batches:open"
+        """Open batches by when they last took items (the reconciler closes those idle too long)."""
         self.lane = lanes.LaneKeys(prefix)
 
     def channel(self, job_id: str) -> str:

@@ -3,11 +3,14 @@
 Interactive jobs are published to their Celery queue by id. Batch items are not: each one publishes a *token* to the
 `batch` queue (a message without a job id), and the worker that receives a token asks this lane which item to run
 (`BatchLane.take`). The lane keeps, per tenant, the queued items in creation order, and hands out one item per tenant
-in turn, the tenant served longest ago first, so one tenant's 5,000 items never hold back another tenant's 10. Tokens
-are interchangeable: a surplus token takes nothing, and a lost one is replaced by the reconciler.
+in turn, the tenant served longest ago first, so one tenant's 5,000 items never hold back another tenant's 10. A
+tenant keeps the tick of its last turn when its items run out, so coming back with one item at a time does not put
+it ahead of the others. Tokens are interchangeable (the reconciler keeps one waiting per waiting item): a surplus
+token runs the next item early or, on an empty lane, nothing; a lost one is replaced.
 
-Priority over the interactive lane comes from the worker: it consumes its queues in the order listed
-(`queue_order_strategy="priority"`), `edits` before `batch`, and takes one message at a time.
+Interactive edits go first because of the worker: it consumes its queues in the order listed
+(`queue_order_strategy="priority"`), `edits` before `batch`, and takes one message at a time. An item already
+running is not interrupted.
 
 Membership is kept with the job record: `events.apply` adds an item when it becomes `queued` and removes it when it
 leaves that state, in the same Redis transaction as the change. The one step outside a transaction is `take`, which
@@ -24,15 +27,17 @@ import redis
 from service.jobs.record import JobRecord
 
 TAKE = """
-local turns, tick, taken = KEYS[1], KEYS[2], KEYS[3]
+local turns, tick, taken, served = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for _, tenant in ipairs(redis.call('ZRANGE', turns, 0, -1)) do
   local pending = ARGV[1] .. tenant
   local head = redis.call('ZPOPMIN', pending)
   if head[1] then
+    local now = redis.call('INCR', tick)
+    redis.call('HSET', served, tenant, now)
     if redis.call('ZCARD', pending) == 0 then
       redis.call('ZREM', turns, tenant)
     else
-      redis.call('ZADD', turns, redis.call('INCR', tick), tenant)
+      redis.call('ZADD', turns, now, tenant)
     end
     redis.call('ZADD', taken, ARGV[2], head[1])
     return head[1]
@@ -42,6 +47,14 @@ end
 return false
 """
 """Pop the oldest item of the tenant whose turn came longest ago; that tenant goes to the back of the rotation."""
+
+ENTER = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[3], ARGV[3]) or 0, ARGV[3])
+end
+"""
+"""Queue an item; a tenant coming back to the rotation takes its place by its last turn (0: never served)."""
 
 
 class LaneKeys:
@@ -53,6 +66,8 @@ class LaneKeys:
         """Tenants with queued items, scored by the tick of their last turn (0: never served, so next)."""
         self.tick = f"{prefix}:lane:batch:tick"
         self.taken = f"{prefix}:lane:batch:taken"
+        self.served = f"{prefix}:lane:batch:served"
+        """Hash: tenant -> tick of its last turn."""
 
     def pending(self, tenant: str) -> str:
         return self.pending_prefix + tenant
@@ -61,8 +76,7 @@ class LaneKeys:
 def enter(pipe: Any, keys: LaneKeys, job: JobRecord) -> None:
     """Queue `job` in its tenant's set (inside the MULTI of the change that made it `queued`). Older items first,
     so a requeued item goes back ahead of later ones."""
-    pipe.zadd(keys.pending(job.tenant), {job.id: job.created_at})
-    pipe.zadd(keys.turns, {job.tenant: 0}, nx=True)
+    pipe.eval(ENTER, 3, keys.pending(job.tenant), keys.turns, keys.served, job.id, job.created_at, job.tenant)
 
 
 def leave(pipe: Any, keys: LaneKeys, job: JobRecord) -> None:
@@ -80,7 +94,7 @@ class BatchLane:
     def take(self, now: float) -> str | None:
         """The id of the next item to run, fair between tenants; None when the lane is empty."""
         keys = self.keys
-        taken = self._take(keys=[keys.turns, keys.tick, keys.taken], args=[keys.pending_prefix, now])
+        taken = self._take(keys=[keys.turns, keys.tick, keys.taken, keys.served], args=[keys.pending_prefix, now])
         return cast(bytes, taken).decode() if taken else None
 
     def stale_taken(self, before: float) -> list[str]:

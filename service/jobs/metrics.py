@@ -27,7 +27,7 @@ def init_job_series() -> None:
 
 def observe_stage(job: JobRecord, stage: Stage, seconds: float) -> None:
     """Record one stage duration of `job`."""
-    JOB_STAGE_SECONDS.labels(*job_labels(job), stage).observe(max(seconds, 0.0))
+    JOB_STAGE_SECONDS.labels(*job_labels(job), job.lane, stage).observe(max(seconds, 0.0))
 
 
 def record_terminal(before: JobRecord, after: JobRecord) -> None:

@@ -60,9 +60,14 @@ def publish(app: Celery, job: JobRecord) -> None:
     """Send the job's message: its id on an interactive queue, or a token on the batch queue (the worker that takes
     it asks the lane which item is next, so tenants share the lane fairly whatever the order of the tokens)."""
     if job.lane == "batch":
-        app.send_task(RUN_BATCH_ITEM_TASK, args=[], queue=BATCH_QUEUE)
+        publish_batch_token(app)
     else:
         app.send_task(RUN_EDIT_TASK, args=[job.id], queue=queue_for(job))
+
+
+def publish_batch_token(app: Celery) -> None:
+    """One token on the batch queue: the worker that takes it runs the lane's next item."""
+    app.send_task(RUN_BATCH_ITEM_TASK, args=[], queue=BATCH_QUEUE)
 
 
 def queue_lengths(client: redis.Redis, queues: list[str]) -> dict[str, int]:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from service.jobs.queue import BATCH_QUEUE, RUN_BATCH_ITEM_TASK, publish, queue_lengths
+from service.jobs.queue import BATCH_QUEUE, publish, publish_batch_token, queue_lengths
 from service.jobs.system import JobSystem
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ class Reconciler:
         self._thread: threading.Thread | None = None
 
     def reconcile_once(self) -> int:
-        """Re-enqueue running jobs whose lease expired (their worker died) and re-publish queued jobs whose message
-        may be lost (a broker restart, a failed publish); returns how many were requeued."""
+        """One pass over everything described above; returns how many interactive jobs were requeued or
+        re-published."""
         requeued = self._republish_stale()
         self._return_taken()
         self._top_up_tokens()
@@ -69,11 +69,16 @@ class Reconciler:
         """Every item waiting in the batch lane has a token waiting in the batch queue (lost ones are replaced)."""
         missing = self.jobs.lane.pending() - queue_lengths(self.jobs.redis, [BATCH_QUEUE])[BATCH_QUEUE]
         for _ in range(max(0, missing)):
-            self.jobs.celery.send_task(RUN_BATCH_ITEM_TASK, args=[], queue=BATCH_QUEUE)
+            publish_batch_token(self.jobs.celery)
         if missing > 0:
             logger.warning("batch lane: %d items had no token; published %d", missing, missing)
 
     def _complete_batches(self) -> None:
+        """Close batches left open and idle (a client that never closed them), then complete finished ones."""
+        idle_since = time.time() - self.jobs.settings.batch_open_idle_seconds
+        for batch_id in self.jobs.batches.idle_open(idle_since):
+            if self.jobs.batches.close(batch_id) is not None:
+                logger.warning("batch %s took no items for %.0f s; closed", batch_id, time.time() - idle_since)
         for batch_id in self.jobs.batches.unfinished():
             self.jobs.batches.try_complete(batch_id)
 

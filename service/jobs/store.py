@@ -64,7 +64,8 @@ class JobStore:
                     new = events.mark(None, record, now)
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
-                    pipe.zadd(self._published, {new.id: now})
+                    if new.lane == "interactive":  # batch items have the lane's tokens instead
+                        pipe.zadd(self._published, {new.id: now})
                     events.apply(pipe, self.keys, None, new, now)
                     pipe.execute()
                     return
@@ -101,7 +102,7 @@ class JobStore:
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
                     events.apply(pipe, self.keys, old, new, now)
-                    if new.status == JobStatus.QUEUED and old.status != JobStatus.QUEUED:
+                    if new.status == JobStatus.QUEUED and old.status != JobStatus.QUEUED and new.lane == "interactive":
                         pipe.zadd(self._published, {job_id: now})
                     elif new.status != JobStatus.QUEUED:
                         pipe.zrem(self._published, job_id)
@@ -119,15 +120,16 @@ class JobStore:
 
     # --- transitions -------------------------------------------------------------------------------------------
 
-    def claim(self, job_id: str, worker: str) -> JobRecord | None:
-        """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run."""
+    def claim(self, job_id: str, worker: str, batch_canceled: bool = False) -> JobRecord | None:
+        """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run.
+        `batch_canceled`: the job is an item of a canceled batch, which ends it `canceled` instead."""
 
         def transition(job: JobRecord) -> JobRecord | None:
             now = time.time()
             lease_live = job.lease_expires_at is not None and job.lease_expires_at > now
             if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
                 return None
-            if job.cancel_requested_at is not None:  # asked to stop while its worker was gone
+            if job.cancel_requested_at is not None or batch_canceled:  # asked to stop while no worker ran it
                 return _canceled(job, job.progress.step)
             if job.attempt >= self.max_attempts:
                 return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")

@@ -116,7 +116,8 @@ class Deliverer:
         snapshot = delivery["snapshot"]
         if delivery["object"] == "batch":
             counts = BatchCounts.model_validate(snapshot["counts"])
-            return render_batch(BatchRecord.model_validate(snapshot["batch"]), counts).model_dump(mode="json")
+            batch = BatchRecord.model_validate(snapshot["batch"])
+            return render_batch(batch, counts, self.settings.output_retention_seconds).model_dump(mode="json")
         base = self.settings.public_base_url or f"http://{self.settings.host}:{self.settings.port}/"
         retention = self.settings.output_retention_seconds
         job = JobRecord.model_validate(snapshot)

@@ -37,11 +37,11 @@ class Deliveries:
     def for_subject(self, subject_id: str) -> list[dict[str, Any]]:
         """The deliveries of a job or a batch, oldest first."""
         values = cast(dict[bytes, bytes], self.client.hgetall(self.keys.deliveries(subject_id)))
-        return sorted((json.loads(v) for v in values.values()), key=lambda d: d["created_at"])
+        return sorted((_current(json.loads(v)) for v in values.values()), key=lambda d: d["created_at"])
 
     def get(self, subject_id: str, delivery_id: str) -> dict[str, Any] | None:
         raw = self.client.hget(self.keys.deliveries(subject_id), delivery_id)
-        return json.loads(cast(bytes, raw)) if raw is not None else None
+        return _current(json.loads(cast(bytes, raw))) if raw is not None else None
 
     def save(self, delivery: dict[str, Any], due_at: float | None) -> None:
         """Store the record; schedule it at `due_at`, or take it off the schedule when None."""
@@ -65,3 +65,11 @@ class Deliveries:
         now = time.time()
         members = cast(list[bytes], self._claim(keys=[self.keys.webhooks_due], args=[now, now + lease_seconds, limit]))
         return [cast(tuple[str, str], tuple(m.decode().split("/", 1))) for m in members]
+
+
+def _current(delivery: dict[str, Any]) -> dict[str, Any]:
+    """A delivery in today's shape: records written before batches named their subject `job_id` and were all about
+    edits (they can still be pending, retries span a day)."""
+    if "subject_id" not in delivery:
+        delivery = {**delivery, "subject_id": delivery.get("job_id"), "object": "edit"}
+    return delivery

@@ -133,9 +133,9 @@ async def append_items(
 ) -> JSONResponse:
     items = await read_items(request, services)
     batch = await run_in_threadpool(services.batches.owned, caller.tenant, batch_id)
-    _require_open(batch)
 
     async def create() -> StoredResponse:
+        _require_open(batch)  # inside: a repeat of an append that was answered is replayed, even once closed
         await run_in_threadpool(check_room, services, caller.tenant, len(items))
         results = await BatchIntake(services).add(caller, batch, items, request.state.request_id)
         current = await run_in_threadpool(services.batches.owned, caller.tenant, batch_id)
