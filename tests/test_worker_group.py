@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from chronoedit_core.loading import Placement, load_pipeline
@@ -69,9 +70,16 @@ def served_png(job: dict) -> np.ndarray:
 
 
 def single_process_png(runner: EditRunner, image: bytes, job: dict) -> np.ndarray:
-    """What one process renders for the job's resolved parameters (the worker's own resize included)."""
+    """What one process renders for the job's resolved parameters (the worker's own resize included), with the
+    ranks' thread count: float32 sums on CPU depend on it (torchrun gives each rank OMP_NUM_THREADS, 1 by default),
+    and the tiny random model amplifies a last-bit difference to a few pixels off by up to 22/255."""
     params = EditParams.model_validate(job["params"])
-    frames = runner.run(edit_request(params), Image.open(io.BytesIO(image)).convert("RGB")).frames
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        frames = runner.run(edit_request(params), Image.open(io.BytesIO(image)).convert("RGB")).frames
+    finally:
+        torch.set_num_threads(threads)
     return np.asarray(frames[-1]).astype(int)
 
 
@@ -84,9 +92,9 @@ def single_process_png(runner: EditRunner, image: bytes, job: dict) -> np.ndarra
     ids=["standard_edit", "temporal_reasoning"],
 )
 def test_group_renders_what_one_process_renders(group: Stack, single_process: EditRunner, fields: dict) -> None:
-    """Guidance split over two ranks: the served PNG equals the single-process runner's for the same seed within
-    the exact runner's bound (2/255 on CPU; measured 0 here: the two passes and their combination are the same
-    operations in the same order)."""
+    """Guidance split over two ranks: the served PNG is the single-process runner's for the same seed, pixel for
+    pixel (the exact runner's bound on CPU is 2/255; the split adds nothing to it: each rank runs one pass with the
+    same operations, and both combine the two in the stock order)."""
     image = sample_image(80, 60, seed=5)
     edits_before = follower_edits(group, "group-1")
     with group.client() as client:
@@ -96,8 +104,7 @@ def test_group_renders_what_one_process_renders(group: Stack, single_process: Ed
     assert done["params"]["guidance_scale"] > 1, "the guided (standard) mode, so the passes are split"
     assert follower_edits(group, "group-1") == edits_before + 1, "rank 1 ran its half of every step"
     served, expected = served_png(done), single_process_png(single_process, image, done)
-    assert served.shape == expected.shape
-    assert np.abs(served - expected).max() <= 2
+    assert np.array_equal(served, expected), f"max pixel difference {np.abs(served - expected).max()}"
     assert served.std() > 1, "the output is not a flat image"
 
 
@@ -120,16 +127,16 @@ def test_models_shows_the_group_its_gpus_and_layout(group: Stack) -> None:
 
 def test_cancel_stops_every_rank_and_the_group_carries_on(group: Stack, single_process: EditRunner) -> None:
     with group.client() as client:
-        job_id = submit(client, sample_image(), **{**SLOW_JOB, "num_inference_steps": 200})
+        job_id = submit(client, sample_image(), **{**SLOW_JOB, "num_inference_steps": 100})
         wait_step(client, job_id, 2)
         assert client.post(f"/v1/edits/{job_id}/cancel").status_code == 200
         done = wait_job(client, job_id, timeout=60)
-        assert done["status"] == "canceled" and 2 <= done["progress"]["step"] < 200
+        assert done["status"] == "canceled" and 2 <= done["progress"]["step"] < 100
         # Had one rank gone on (or stopped a step apart), the next job's collectives would mismatch and hang.
         image = sample_image(48, 32, seed=2)
         after = wait_job(client, submit(client, image, prompt="x", seed=3, num_inference_steps=3, **SMALL), timeout=120)
     assert after["status"] == "succeeded", after
-    assert np.abs(served_png(after) - single_process_png(single_process, image, after)).max() <= 2
+    assert np.array_equal(served_png(after), single_process_png(single_process, image, after))
 
 
 def test_a_job_every_rank_refuses_fails_and_the_group_carries_on(group: Stack) -> None:

@@ -75,6 +75,8 @@ class GroupMember:
     def run(self, work: Work, channel: Channel, on_step: StepCallback) -> torch.Tensor:
         """Run `work` with the other ranks; the final latents (the same on every rank)."""
         assert self.runner is not None, "run() before attach()"
+        if self.placement.device.startswith("cuda"):  # each rank's exported `peak` covers the current job
+            torch.cuda.reset_peak_memory_stats(self.placement.device)
         self._admit(work, channel)
         return self.runner.denoise(work.request, work.image, on_step=on_step)
 
