@@ -10,6 +10,8 @@ from service.cli.processes import free_port, start_redis
 from tests.stack import DEFAULT_WEBHOOK_SECRET, S3_ENV, Stack, start_moto
 
 _databases = itertools.count(0)
+DATABASES = 64
+"""One Redis database (so one set of Celery queues) per stack; the suite builds a few dozen stacks."""
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[str]:
     port = free_port()
-    child = start_redis(port, tmp_path_factory.mktemp("redis"), log=logs_dir / "redis.log")
+    child = start_redis(port, tmp_path_factory.mktemp("redis"), log=logs_dir / "redis.log", databases=DATABASES)
     yield f"redis://127.0.0.1:{port}"
     child.stop()
 
@@ -46,7 +48,7 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
 
     def make(name: str, **env: str) -> Stack:
         db = next(_databases)
-        assert db < 16, "redis-server has 16 databases"
+        assert db < DATABASES, f"redis-server has {DATABASES} databases"
         stack = Stack(
             name=name,
             logs=logs_dir,

@@ -77,7 +77,7 @@ class Child:
             self._out.close()
 
 
-def start_redis(port: int, data_dir: Path, log: Path | None = None) -> Child:
+def start_redis(port: int, data_dir: Path, log: Path | None = None, databases: int = 16) -> Child:
     """redis-server with AOF on and `noeviction` (DESIGN.md), bound to loopback."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -96,6 +96,8 @@ def start_redis(port: int, data_dir: Path, log: Path | None = None) -> Child:
         "",
         "--maxmemory-policy",
         "noeviction",
+        "--databases",
+        str(databases),
     ]
     child = Child("redis", argv, log=log)
     wait_for_port(port, child)
