@@ -105,3 +105,15 @@ def test_runner_checks_a_request_without_running_it() -> None:
     runner.check(BASE)
     with pytest.raises(ValueError, match="divisible by 16"):
         runner.check(EditRequest(prompt="x", width=65, height=48, seed=0))
+
+
+def test_layout_setting_names_its_degrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from worker.settings import WorkerSettings
+
+    monkeypatch.setenv("CHRONOEDIT_PARALLEL_LAYOUT", '{"guidance": 2, "ulysses": 2}')
+    assert ParallelLayout(**(WorkerSettings().parallel_layout or {})) == ParallelLayout(guidance=2, ulysses=2)
+    monkeypatch.setenv("CHRONOEDIT_PARALLEL_LAYOUT", '{"guidance": 2, "tensor": 2}')
+    with pytest.raises(ValidationError, match="unknown layout degrees"):
+        WorkerSettings()

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from service.settings import CommonSettings
 
@@ -64,3 +64,11 @@ class WorkerSettings(CommonSettings):
         description="Port of the worker's Prometheus exporter (plus the pool child's index); 0 picks a free port, "
         "published in the worker registry as `metrics_port`.",
     )
+
+    @field_validator("parallel_layout")
+    @classmethod
+    def _layout_degrees(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        unknown = set(value or {}) - {"guidance", "ulysses", "ring"}
+        if unknown:
+            raise ValueError(f"unknown layout degrees {sorted(unknown)}; use guidance, ulysses and ring")
+        return value

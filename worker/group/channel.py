@@ -83,8 +83,8 @@ class LeaderChannel:
         """After a step of the current work: go on, or stop here."""
         dist.broadcast(torch.tensor([int(go)]), src=LEADER, group=self.group)
 
-    def gather(self, work: Any) -> list[Any]:
-        """Every rank's `work` item of an all-gather (the leader's first)."""
+    def all_gather(self, work: Any) -> list[Any]:
+        """Every rank's `work` item, the leader's first."""
         items: list[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(items, work, group=self.group)
         return items
@@ -141,7 +141,7 @@ class FollowerChannel:
         dist.broadcast(go, src=LEADER, group=self.group)
         return bool(go.item())
 
-    def gather(self, work: Any) -> list[Any]:
+    def all_gather(self, work: Any) -> list[Any]:
         items: list[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(items, work, group=self.group)
         return items

@@ -81,7 +81,7 @@ class GroupMember:
         return self.runner.denoise(work.request, work.image, on_step=on_step)
 
     def _admit(self, work: Work, channel: Channel) -> None:
-        verdicts = channel.gather(self._verdict(work))
+        verdicts = channel.all_gather(self._verdict(work))
         refusal = next((verdict for verdict in verdicts if verdict is not None), None)
         if refusal is not None:
             code, message = refusal
