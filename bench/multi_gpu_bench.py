@@ -5,8 +5,10 @@ per-step control exchange, at 1280x720 with random weights at the real 14B shape
 Cases: fast edit (5 frames, 8 steps, guidance 1), standard edit (5 frames, 50 steps, guidance 5), temporal
 reasoning (29 frames, all steps reasoning) with 50 steps and guidance 5, and with 8 steps and guidance 1. Layouts:
 guidance split (`{"guidance": 2}`) for the guided cases, Ulysses 2 (`{"ulysses": 2}`, diffusers' context
-parallelism) for all of them. For each: seconds end to end, per step (CUDA events at each step's end, first step
-excluded) and per transformer forward, peak GPU memory per rank, and the deviation from the single-GPU output for the
+parallelism) for all of them, and last, for the guidance-1 cases, Ulysses 2 compiled again with inductor's
+compute/communication reordering (exploratory: not a worker option). For each: seconds end to end, per step (CUDA
+events at each step's end, first step excluded) and per transformer forward, peak GPU memory per rank, and the
+deviation from the single-GPU output for the
 same seed (latents' relative L2, decoded frames' largest pixel difference).
 
 Cases longer than `--steps-cap` steps (default 10) for guided 29-frame reasoning run that many steps only; their
@@ -299,6 +301,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny model on CPU ranks (gloo), to check the script")
     parser.add_argument("--steps-cap", type=int, default=10, help="steps run for guided 29-frame reasoning")
     parser.add_argument("--no-compare", action="store_true", help="skip Ulysses on the guided cases")
+    parser.add_argument("--no-overlap", action="store_true", help="skip Ulysses with inductor's comm reordering")
     args = parser.parse_args()
     ranks = start(args.tiny)
     started = time.perf_counter()
@@ -313,6 +316,12 @@ def main() -> None:
         split_sequence(pipe.transformer, ULYSSES, bench.meshes[ULYSSES])  # for good: the hooks stay on
         unguided = [case for case in CASES if case.guidance <= 1]
         bench.run_layout("ulysses2", ULYSSES, unguided if args.no_compare else unguided + guided)
+        if not args.no_overlap:
+            # Exploratory, last: inductor may move each all-to-all's wait behind independent work (the next
+            # projection), the same arithmetic. Dynamo's caches are dropped so the blocks compile again with it.
+            torch._inductor.config.reorder_for_compute_comm_overlap = True
+            torch._dynamo.reset()
+            bench.run_layout("ulysses2_overlap", ULYSSES, unguided)
     except Exception as exc:  # keep what was measured, say what failed, and let torchrun stop the other rank
         traceback.print_exc()
         bench.meta["error"] = f"rank {ranks.rank}: {exc.__class__.__name__}: {exc}"
