@@ -8,8 +8,8 @@ guidance split (`{"guidance": 2}`) for the guided cases, Ulysses 2 (`{"ulysses":
 parallelism) for all of them, and last, for the guidance-1 cases, Ulysses 2 compiled again with inductor's
 compute/communication reordering (exploratory: not a worker option). For each: seconds end to end, per step (CUDA
 events at each step's end, first step excluded) and per transformer forward, peak GPU memory per rank, and the
-deviation from the single-GPU output for the
-same seed (latents' relative L2, decoded frames' largest pixel difference).
+deviation from the single-GPU output for the same seed (latents' relative L2, decoded frames' largest pixel
+difference).
 
 Cases longer than `--steps-cap` steps (default 10) for guided 29-frame reasoning run that many steps only; their
 full-run figure is an estimate, stated as such: measured fixed cost (run time minus steps x per-step time) plus 50 x
