@@ -88,8 +88,9 @@ def single_process_png(runner: EditRunner, image: bytes, job: dict) -> np.ndarra
     [
         {"negative_prompt": "blurry", "guidance_scale": 4.0},
         {"temporal_reasoning": True, "reasoning_steps": 3},
+        {"step_cache": 0.3},
     ],
-    ids=["standard_edit", "temporal_reasoning"],
+    ids=["standard_edit", "temporal_reasoning", "step_cache"],
 )
 def test_group_renders_what_one_process_renders(group: Stack, single_process: EditRunner, fields: dict) -> None:
     """Guidance split over two ranks: the served PNG is the single-process runner's for the same seed, pixel for
