@@ -341,6 +341,7 @@ def lora_files(settings: WorkerSettings, model_dir: Path) -> dict[str, Path]:
 
 
 def runner_options(settings: WorkerSettings, placement: Placement) -> RunnerOptions:
+    """The worker's speed options for a runner on `placement` (every rank of a worker group uses the same)."""
     compile_blocks = settings.compile
     if compile_blocks is None:
         compile_blocks = placement.device.startswith("cuda")
