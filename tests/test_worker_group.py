@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,12 +34,22 @@ SLOW_JOB = {"prompt": "x", "num_inference_steps": 40, "width": 192, "height": 14
 
 
 @pytest.fixture(scope="module")
-def group(make_stack) -> Stack:
+def group(make_stack) -> Iterator[Stack]:
     """A stack served by one worker group of two CPU ranks (default layout: guidance split)."""
     stack = make_stack("group", **BOTH_QUEUES)
     stack.start_api()
     stack.start_worker_group("group-1")
-    return stack
+    yield stack
+    stack.stop()  # now, not at the end of the session: its processes would slow the tests after these
+
+
+@pytest.fixture
+def stopping() -> Iterator[list[Stack]]:
+    """Stacks to stop when the test ends."""
+    stacks: list[Stack] = []
+    yield stacks
+    for stack in stacks:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +182,9 @@ def committed_attempts(stack: Stack, job_id: str) -> set[str]:
     return {item["Key"].split("/")[3] for item in listing.get("Contents", [])}
 
 
-def test_killed_rank_takes_the_group_down_and_the_job_reruns(make_stack) -> None:
+def test_killed_rank_takes_the_group_down_and_the_job_reruns(make_stack, stopping: list[Stack]) -> None:
     stack = make_stack("group-killed", CHRONOEDIT_LEASE_SECONDS="3", **BOTH_QUEUES)
+    stopping.append(stack)
     stack.start_api()
     doomed = stack.start_worker_group("doomed")
     with stack.client() as client:
@@ -187,12 +199,13 @@ def test_killed_rank_takes_the_group_down_and_the_job_reruns(make_stack) -> None
     assert committed_attempts(stack, job_id) == {"2"}
 
 
-def test_hung_rank_times_out_and_the_job_reruns(make_stack) -> None:
+def test_hung_rank_times_out_and_the_job_reruns(make_stack, stopping: list[Stack]) -> None:
     """A rank that stops answering (SIGSTOP) makes rank 0's next collective time out: the group exits non-zero and
     the job is retried, instead of staying `running` under a lease rank 0 would renew for ever."""
     stack = make_stack(
         "group-hung", CHRONOEDIT_LEASE_SECONDS="3", CHRONOEDIT_COLLECTIVE_TIMEOUT_SECONDS="5", **BOTH_QUEUES
     )
+    stopping.append(stack)
     stack.start_api()
     hung = stack.start_worker_group("hung")
     with stack.client() as client:
@@ -221,9 +234,10 @@ def wait_gone(stack: Stack, name: str, timeout: float) -> None:
     raise TimeoutError(f"{name} still registered after {timeout} s; log:\n{stack.log(name)}")
 
 
-def test_replicas_are_independent_workers(make_stack) -> None:
+def test_replicas_are_independent_workers(make_stack, stopping: list[Stack]) -> None:
     """`--gpus 2 --replicas`: two single-GPU workers (one per GPU, each its own name), not a group."""
     stack = make_stack("replicas")
+    stopping.append(stack)
     stack.start_api()
     env = {**stack.env, "CHRONOEDIT_WORKER_NAME": "box"}
     from service.cli.processes import Child, python_module
