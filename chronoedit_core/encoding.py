@@ -1,11 +1,11 @@
-"""Encoding outputs: the edited image as PNG, the whole trajectory as an H.264 MP4 (PyAV)."""
+"""Encoding outputs: the edited image as PNG, the whole trajectory as an H.264 MP4 (PyAV, imported when a video is
+encoded: a process that never writes one does not load FFmpeg's libraries)."""
 
 from __future__ import annotations
 
 import io
 from fractions import Fraction
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -18,6 +18,8 @@ def encode_png(image: Image.Image) -> bytes:
 
 def encode_mp4(frames: list[Image.Image], fps: int = 16) -> bytes:
     """H.264 in yuv420p, playable everywhere. Frame sides are multiples of 16, so no padding is needed."""
+    import av
+
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))

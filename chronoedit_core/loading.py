@@ -6,6 +6,7 @@ as in NVIDIA's examples; on a CPU everything is float32. Nothing is ever fetched
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,21 +59,24 @@ def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
     logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
     # On a GPU the weights go straight from disk to the device (no full copy in host memory first).
     # Measured on an H200 (bench/results/cold_start_h200.json) it is no faster than loading to host memory first:
-    # both are bound by the disk's ~1 GB/s.
-    device_map = placement.device if placement.device == "cuda" else None
-    image_encoder = CLIPVisionModel.from_pretrained(
-        model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, device_map=device_map
-    )
-    vae = AutoencoderKLWan.from_pretrained(
-        model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, device_map=device_map
-    )
-    pipe = ChronoEditPipeline.from_pretrained(
-        model_dir,
-        image_encoder=image_encoder,
-        vae=vae,
-        dtype=placement.dtype,
-        local_files_only=True,
-        device_map=device_map,
-    )
+    # both are bound by the disk's ~1 GB/s; but a worker group's ranks would each hold a 47 GB copy in host memory.
+    # diffusers takes a device type only ("cuda"), which means the current device: a rank's `cuda:N` is made current.
+    on_gpu = placement.device.startswith("cuda")
+    device_map = "cuda" if on_gpu else None
+    with torch.cuda.device(placement.device) if on_gpu else contextlib.nullcontext():
+        image_encoder = CLIPVisionModel.from_pretrained(
+            model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, device_map=device_map
+        )
+        vae = AutoencoderKLWan.from_pretrained(
+            model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, device_map=device_map
+        )
+        pipe = ChronoEditPipeline.from_pretrained(
+            model_dir,
+            image_encoder=image_encoder,
+            vae=vae,
+            dtype=placement.dtype,
+            local_files_only=True,
+            device_map=device_map,
+        )
     pipe.set_progress_bar_config(disable=True)
-    return pipe if device_map else pipe.to(placement.device)
+    return pipe if placement.device == "cuda" else pipe.to(placement.device)  # a no-op where the weights landed

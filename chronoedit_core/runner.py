@@ -7,13 +7,16 @@ the stock pipeline's for the same seed (tests check it on CPU). Owning the loop 
   (FirstBlockCache) need and the stock pipeline never opens;
 - speed options applied once at worker start (`RunnerOptions`): regional `torch.compile` of the transformer blocks,
   the attention backend;
-- stopping between steps (`StepCallback` returning False) instead of spinning through the remaining steps.
+- stopping between steps (`StepCallback` returning False) instead of spinning through the remaining steps;
+- running a step's guidance passes elsewhere: the loop asks its `GuidanceExecutor` for the noise prediction, so a
+  worker group can run the conditional and unconditional passes on two GPUs at once (`chronoedit_core/guidance.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from PIL import Image
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.fp8 import fp8_enabled, wrap_linears
 from chronoedit_core.fp8 import supported as fp8_supported
+from chronoedit_core.guidance import Branch, GuidanceExecutor, SequentialGuidance
 from chronoedit_core.memory import available_bytes, require_fit
 
 EDIT_FRAMES = 5
@@ -121,9 +125,13 @@ def frames_to_images(frames: np.ndarray) -> list[Image.Image]:
 class EditRunner:
     """Runs edits on one resident pipeline, one at a time."""
 
-    def __init__(self, pipe: ChronoEditPipeline, options: RunnerOptions | None = None) -> None:
+    def __init__(
+        self, pipe: ChronoEditPipeline, options: RunnerOptions | None = None, guidance: GuidanceExecutor | None = None
+    ) -> None:
         self.pipe = pipe
         self.options = options or RunnerOptions()
+        self.guidance: GuidanceExecutor = guidance or SequentialGuidance()
+        """Runs each step's transformer passes: both here, or one per rank of a worker group (`SplitGuidance`)."""
         transformer = pipe.transformer
         if self.options.attention_backend:
             transformer.set_attention_backend(self.options.attention_backend)
@@ -146,15 +154,7 @@ class EditRunner:
     def denoise(self, request: EditRequest, image: Image.Image, on_step: StepCallback | None = None) -> torch.Tensor:
         """The stock pipeline's steps 3 to 6, in its order, returning the final latents."""
         pipe, transformer, device = self.pipe, self.pipe.transformer, self.device
-        if request.height % 16 or request.width % 16:
-            raise ValueError(
-                f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
-            )
-        if device.type == "cuda":
-            require_fit(request.width, request.height, request.num_frames, available_bytes(device))
-        if request.fp8 and not self.options.fp8:
-            message = "this worker was not started with FP8 weights (CHRONOEDIT_FP8)"
-            raise ChronoEditError(message, code="fp8_unavailable")
+        self.check(request)
         guided = request.guidance_scale > 1
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=request.prompt,
@@ -192,16 +192,31 @@ class EditRunner:
                 model_input = torch.cat([latents, condition], dim=1).to(dtype)
                 timestep = t.expand(latents.shape[0])
                 call = {"hidden_states": model_input, "timestep": timestep, "encoder_hidden_states_image": image_embeds}
-                with transformer.cache_context("cond"):
-                    noise_pred = transformer(encoder_hidden_states=prompt_embeds, return_dict=False, **call)[0]
-                if guided:
-                    with transformer.cache_context("uncond"):
-                        noise_uncond = transformer(encoder_hidden_states=negative_embeds, return_dict=False, **call)[0]
-                    noise_pred = noise_uncond + request.guidance_scale * (noise_pred - noise_uncond)
+                predict = partial(self._predict, call, {"cond": prompt_embeds, "uncond": negative_embeds})
+                noise_pred = self.guidance.noise_pred(predict, request.guidance_scale)
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if on_step is not None and on_step(i + 1, total) is False:
                     raise EditStopped(i + 1)
         return latents
+
+    def check(self, request: EditRequest) -> None:
+        """Refuse, before any work, what this runner cannot do: sizes off the 16-pixel grid, more than the GPU has
+        left, FP8 without prepared weights."""
+        if request.height % 16 or request.width % 16:
+            raise ValueError(
+                f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
+            )
+        if self.device.type == "cuda":
+            require_fit(request.width, request.height, request.num_frames, available_bytes(self.device))
+        if request.fp8 and not self.options.fp8:
+            message = "this worker was not started with FP8 weights (CHRONOEDIT_FP8)"
+            raise ChronoEditError(message, code="fp8_unavailable")
+
+    def _predict(self, call: dict[str, Any], embeds: dict[Branch, torch.Tensor | None], branch: Branch) -> torch.Tensor:
+        """One transformer pass of the current step, inside the cache context the step cache keys its state by."""
+        transformer = self.pipe.transformer
+        with transformer.cache_context(branch):
+            return transformer(encoder_hidden_states=embeds[branch], return_dict=False, **call)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, temporal_reasoning: bool) -> np.ndarray:

@@ -77,8 +77,10 @@ WEBHOOK_DELIVERIES = Counter("chronoedit_webhook_deliveries", "Webhook delivery 
 
 
 def file_sd_targets(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Prometheus `file_sd_configs` content for the registered workers that publish a metrics endpoint."""
-    targets = sorted({str(worker["metrics_target"]) for worker in workers if worker.get("metrics_target")})
+    """Prometheus `file_sd_configs` content for the registered workers that publish a metrics endpoint (every rank
+    of a worker group has one)."""
+    processes = [process for worker in workers for process in [worker, *(worker.get("ranks") or [])]]
+    targets = sorted({str(process["metrics_target"]) for process in processes if process.get("metrics_target")})
     return [{"targets": targets, "labels": {}}] if targets else []
 
 

@@ -75,6 +75,16 @@ class Stack:
             self.wait_worker_ready(name, worker)
         return worker
 
+    def start_worker_group(self, name: str, gpus: int = 2, wait_ready: bool = True, **env: str) -> Child:
+        """A worker group as an operator starts one, `chronoedit worker --gpus N` (torchrun; gloo ranks on CPU)."""
+        env = {**self.env, "CHRONOEDIT_WORKER_NAME": name, **env}
+        argv = python_module("service.cli", "worker", "--gpus", str(gpus))
+        group = Child(name, argv, env, log=self.logs / f"{self.name}-{name}.log")
+        self.workers.append(group)
+        if wait_ready:
+            self.wait_worker_ready(name, group)
+        return group
+
     def start_webhook_worker(self) -> Child:
         """The webhook delivery worker (Celery, no model), as `chronoedit webhook-worker` runs it."""
         log = self.logs / f"{self.name}-webhooks.log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from celery.exceptions import Reject
@@ -41,6 +42,8 @@ def _configure_logging(**_: Any) -> None:
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
+    if _Process.runtime is not None:  # installed by `serve` (the solo pool sends this signal too)
+        return
     runtime = WorkerRuntime(settings)
     try:
         runtime.start()
@@ -62,6 +65,27 @@ def _runtime() -> WorkerRuntime:
     if runtime is None:  # only if loading failed and the worker is shutting down: give the message back
         raise Reject("this worker process has no loaded pipeline", requeue=True)
     return runtime
+
+
+def worker_argv(pool: str, queues: Sequence[str], name: str) -> list[str]:
+    """`celery worker` arguments: one job at a time, no gossip or mingle (workers share nothing but Redis)."""
+    return [
+        "worker",
+        f"--pool={pool}",
+        "--concurrency=1",
+        f"--queues={','.join(queues)}",
+        f"--hostname={name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+    ]
+
+
+def serve(runtime: WorkerRuntime) -> None:
+    """Consume the runtime's queues in this very process with a runtime already started here (a worker group's rank
+    0, which holds the process group): the solo pool runs every task in this process."""
+    _Process.runtime = runtime
+    app.worker_main(worker_argv("solo", runtime.settings.queues, runtime.settings.worker_name))
 
 
 @app.task(name=RUN_EDIT_TASK, ignore_result=True)

@@ -7,10 +7,13 @@ from service.logs import configure_logging
 from worker.settings import WorkerSettings
 
 
-def configure_worker_logging(settings: WorkerSettings) -> None:
+def configure_worker_logging(settings: WorkerSettings, rank: int | None = None) -> None:
     """Configure logging for a worker process; call it before the model libraries are imported to catch their
-    import-time warnings too."""
-    configure_logging(settings.log_format, settings.log_level, static={"worker": settings.worker_name})
+    import-time warnings too. A worker group's ranks tag their lines with their `rank`."""
+    static: dict[str, object] = {"worker": settings.worker_name}
+    if rank is not None:
+        static["rank"] = rank
+    configure_logging(settings.log_format, settings.log_level, static=static)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

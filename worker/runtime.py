@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from chronoedit_core.runner import (
     EditRunner,
     EditStopped,
     RunnerOptions,
+    StepCallback,
     frames_to_images,
     prepare_image,
 )
@@ -40,7 +42,7 @@ from service.jobs.batches import BatchStore
 from service.jobs.cache import ResultCache, cache_key
 from service.jobs.lanes import BatchLane
 from service.jobs.metrics import init_job_series
-from service.jobs.record import JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
+from service.jobs.record import EditParams, JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
 from service.jobs.registry import WorkerRegistry
 from service.jobs.store import JobStore
 from service.logs import bind_log_context
@@ -122,12 +124,12 @@ class WorkerRuntime:
                 raise ChronoEditError("CHRONOEDIT_MODEL_DIR is not set", code="model_load_failed")
             model_dir = self.settings.model_dir
             self.base_digest = verify_manifest(model_dir).digest if self.settings.verify_manifest else None
-            lora_files = self._lora_files(model_dir)
-            self.lora_digests = {name: sha256_file(path) for name, path in lora_files.items()}
+            adapters = lora_files(self.settings, model_dir)
+            self.lora_digests = {name: sha256_file(path) for name, path in adapters.items()}
             pipe = load_pipeline(model_dir, self.placement)
             self.model_loads += 1
-            self.loras = LoraSet(pipe, lora_files)
-            self.runner = EditRunner(pipe, self._runner_options())
+            self.loras = LoraSet(pipe, adapters)
+            self.runner = self._make_runner(pipe)
             self._warm_up()
         except Exception as exc:
             self.error = str(exc)
@@ -138,23 +140,9 @@ class WorkerRuntime:
         logger.info("worker %s ready in %.1f s", self.settings.worker_name, self.load_seconds)
         self._set_state("ready")
 
-    def _lora_files(self, model_dir: Path) -> dict[str, Path]:
-        if self.settings.loras is not None:
-            return dict(self.settings.loras)
-        return {path.stem: path for path in sorted((model_dir / "loras").glob("*.safetensors"))}
-
-    def _runner_options(self) -> RunnerOptions:
-        compile_blocks = self.settings.compile
-        if compile_blocks is None:
-            compile_blocks = self.placement.device.startswith("cuda")
-        # dynamic: one compiled graph serves every image size and frame count (measured on an H200: 0.4% slower per
-        # step than a graph specialised to 1280x720, and no 7 s recompile at the first new size; compile_shapes_h200)
-        return RunnerOptions(
-            compile=compile_blocks,
-            compile_dynamic=True,
-            attention_backend=self.settings.attention_backend,
-            fp8=self.settings.fp8,
-        )
+    def _make_runner(self, pipe: Any) -> EditRunner:
+        """The runner of this process's pipeline (a worker group's leader builds one that runs with the group)."""
+        return EditRunner(pipe, runner_options(self.settings, self.placement))
 
     def _warm_up(self) -> None:
         """With compilation on, pay it now rather than in the first job: one step at 1280x720 compiles the
@@ -164,9 +152,8 @@ class WorkerRuntime:
             return
         started = time.monotonic()
         request = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
-        self.runner.run(request, Image.new("RGB", (1280, 720)))
-        if self.runner.options.fp8:
-            self.runner.run(replace(request, fp8=True), Image.new("RGB", (1280, 720)))
+        for warm in (request, replace(request, fp8=True)) if self.runner.options.fp8 else (request,):
+            self.runner.decode(self.denoise(warm, [], Image.new("RGB", (1280, 720))), temporal_reasoning=False)
         logger.info("compiled and warmed up in %.1f s", time.monotonic() - started)
 
     def stop(self) -> None:
@@ -317,24 +304,19 @@ class WorkerRuntime:
         except ChronoEditError as exc:
             raise JobFailed(exc.code, exc.message) from exc
 
+    def denoise(
+        self, request: EditRequest, loras: Sequence[str], image: Image.Image, on_step: StepCallback | None = None
+    ) -> torch.Tensor:
+        """Denoise one edit with exactly `loras` active; the final latents. A worker group's leader runs this on
+        every rank of the group at once."""
+        assert self.runner is not None and self.loras is not None, "denoise() before start()"
+        self.loras.activate(loras)
+        return self.runner.denoise(request, image, on_step=on_step)
+
     def _denoise(self, job: JobRecord, image: Any) -> EditResult:
         assert self.runner is not None, "execute() before start()"
         p = job.params
-        request = EditRequest(
-            prompt=p.model_prompt or p.prompt,
-            negative_prompt=p.negative_prompt,
-            width=p.width,
-            height=p.height,
-            seed=p.seed,
-            num_inference_steps=p.num_inference_steps,
-            guidance_scale=p.guidance_scale,
-            flow_shift=p.flow_shift,
-            fp8=p.fp8,
-            step_cache_threshold=p.step_cache,
-            temporal_reasoning=p.temporal_reasoning,
-            reasoning_steps=p.reasoning_steps,
-        )
-
+        request = edit_request(p)
         step_timer = StepTimer(job)
 
         def on_step(step: int, total: int) -> bool:
@@ -342,9 +324,7 @@ class WorkerRuntime:
             return self.store.set_progress(job.id, job.attempt, step, total)
 
         try:
-            assert self.loras is not None
-            self.loras.activate(p.loras)
-            latents = self.runner.denoise(request, prepare_image(image, p.width, p.height), on_step=on_step)
+            latents = self.denoise(request, p.loras, prepare_image(image, p.width, p.height), on_step=on_step)
             self._stage(job, "decoding")
             return EditResult(frames=frames_to_images(self.runner.decode(latents, p.temporal_reasoning)))
         except torch.OutOfMemoryError as exc:
@@ -379,3 +359,43 @@ class WorkerRuntime:
                 raise JobFailed("storage_error", f"writing the {name} output failed: {exc}") from exc
             stored[name] = StoredFile(key=key, content_type=content_type, width=width, height=height, bytes=len(data))
         return stored
+
+
+def edit_request(p: EditParams) -> EditRequest:
+    """The runner's request for a job's resolved parameters."""
+    return EditRequest(
+        prompt=p.model_prompt or p.prompt,
+        negative_prompt=p.negative_prompt,
+        width=p.width,
+        height=p.height,
+        seed=p.seed,
+        num_inference_steps=p.num_inference_steps,
+        guidance_scale=p.guidance_scale,
+        flow_shift=p.flow_shift,
+        fp8=p.fp8,
+        step_cache_threshold=p.step_cache,
+        temporal_reasoning=p.temporal_reasoning,
+        reasoning_steps=p.reasoning_steps,
+    )
+
+
+def lora_files(settings: WorkerSettings, model_dir: Path) -> dict[str, Path]:
+    """The adapters to load: the configured map, else every `loras/*.safetensors` of the model folder by file name."""
+    if settings.loras is not None:
+        return dict(settings.loras)
+    return {path.stem: path for path in sorted((model_dir / "loras").glob("*.safetensors"))}
+
+
+def runner_options(settings: WorkerSettings, placement: Placement) -> RunnerOptions:
+    """The worker's speed options for a runner on `placement` (every rank of a worker group uses the same)."""
+    compile_blocks = settings.compile
+    if compile_blocks is None:
+        compile_blocks = placement.device.startswith("cuda")
+    # dynamic: one compiled graph serves every image size and frame count (measured on an H200: 0.4% slower per
+    # step than a graph specialised to 1280x720, and no 7 s recompile at the first new size; compile_shapes_h200)
+    return RunnerOptions(
+        compile=compile_blocks,
+        compile_dynamic=True,
+        attention_backend=settings.attention_backend,
+        fp8=settings.fp8,
+    )

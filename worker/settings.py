@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from service.settings import CommonSettings
 
@@ -44,6 +44,23 @@ class WorkerSettings(CommonSettings):
     fp8: bool = Field(False, description="Prepare FP8 weight copies so jobs may ask for `fp8` (Hopper GPUs).")
     max_image_bytes: int = Field(100 * 1024 * 1024, description="Largest input the worker will decode.")
     max_image_pixels: int = Field(100_000_000, description="Largest input area the worker will decode.")
+    group_queues: list[str] = Field(
+        default_factory=lambda: ["reasoning"],
+        description="Celery queues a worker group (`chronoedit worker --gpus N`) consumes; add `edits` to give it "
+        "every kind of job.",
+    )
+    parallel_layout: dict[str, int] | None = Field(
+        None,
+        description='How a worker group splits each job (JSON), e.g. `{"guidance": 2, "ulysses": 2}` on 4 GPUs; '
+        "the degrees (`guidance` 1 or 2, `ulysses`, `ring`) multiply to the number of ranks. Default: guidance 2 "
+        "times Ulysses N/2 for an even number of GPUs, else Ulysses N.",
+    )
+    collective_timeout_seconds: float = Field(
+        180.0,
+        gt=0,
+        description="A worker group whose ranks wait longer than this for each other (a rank died or hangs) exits "
+        "non-zero, and its job is retried; above the longest single step.",
+    )
     metrics_host: str = Field("127.0.0.1", description="Address the worker's Prometheus exporter binds to.")
     metrics_port: int = Field(
         9400,
@@ -52,3 +69,11 @@ class WorkerSettings(CommonSettings):
         description="Port of the worker's Prometheus exporter (plus the pool child's index); 0 picks a free port, "
         "published in the worker registry as `metrics_port`.",
     )
+
+    @field_validator("parallel_layout")
+    @classmethod
+    def _layout_degrees(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        unknown = set(value or {}) - {"guidance", "ulysses", "ring"}
+        if unknown:
+            raise ValueError(f"unknown layout degrees {sorted(unknown)}; use guidance, ulysses and ring")
+        return value

@@ -115,17 +115,37 @@ class EditCreate(BaseModel):
         return value
 
 
+class ParallelLayoutModel(BaseModel):
+    """How a worker group splits each job; the degrees multiply to its number of GPUs."""
+
+    guidance: int = Field(description="2: the conditional and unconditional passes run on different GPUs at once.")
+    ulysses: int = Field(description="Ulysses sequence-parallel degree (video tokens split, attention by heads).")
+    ring: int = Field(description="Ring-attention sequence-parallel degree.")
+
+
+class WorkerRank(BaseModel):
+    """One rank (one GPU) of a worker group."""
+
+    rank: int
+    device: str
+    gpu_free_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+
+
 class WorkerModel(BaseModel):
-    """What one ready worker holds."""
+    """What one ready worker, or worker group, holds."""
 
     name: str
     queues: list[str]
-    device: str
+    device: str = Field(description="The worker's device; for a worker group, that of its rank 0.")
     dtype: str
     base_digest: str | None = Field(description="SHA-256 over the model manifest's file digests; None if unverified.")
     loras: dict[str, str] = Field(description="Adapter name -> SHA-256 of its file.")
     gpu_free_bytes: int | None = None
     gpu_total_bytes: int | None = None
+    gpus: int | None = Field(None, description="A worker group: how many GPUs run each of its jobs together.")
+    layout: ParallelLayoutModel | None = Field(None, description="A worker group: how it splits each job.")
+    ranks: list[WorkerRank] | None = Field(None, description="A worker group: each rank's device and GPU memory.")
 
 
 class ModelList(BaseModel):

@@ -32,25 +32,19 @@ def cmd_api(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(_: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpus > 1 or args.replicas:
+        from service.cli.multi_gpu import exec_group, run_replicas
+
+        return run_replicas(args.gpus) if args.replicas else exec_group(args.gpus)
     from worker.logs import configure_worker_logging
     from worker.settings import WorkerSettings
 
     # Before the model libraries load and Celery starts, so their warnings are log lines too.
     configure_worker_logging(WorkerSettings())
-    from worker.app import app, settings
+    from worker.app import app, settings, worker_argv
 
-    argv = [
-        "worker",
-        "--pool=prefork",
-        "--concurrency=1",
-        f"--queues={','.join(settings.queues)}",
-        f"--hostname={settings.worker_name}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel=INFO",
-    ]
-    app.worker_main(argv)
+    app.worker_main(worker_argv("prefork", settings.queues, settings.worker_name))
     return 0
 
 
@@ -130,7 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for a ready worker")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("api", help="run the HTTP API").set_defaults(func=cmd_api)
-    sub.add_parser("worker", help="run a GPU worker (Celery)").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run a GPU worker (Celery), or a worker group over several GPUs")
+    worker.add_argument(
+        "--gpus", type=int, default=1, help="GPUs to use: above 1, a worker group (torchrun) runs each job on all"
+    )
+    worker.add_argument(
+        "--replicas", action="store_true", help="with --gpus N: N independent single-GPU workers instead of a group"
+    )
+    worker.set_defaults(func=cmd_worker)
     targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
     targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
     targets.set_defaults(func=cmd_metrics_targets)

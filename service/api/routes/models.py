@@ -15,6 +15,7 @@ router = APIRouter()
     "/v1/models", response_model=ModelList, responses=AUTH_ERRORS, summary="What the workers hold", tags=["models"]
 )
 def list_models(caller: Caller, services: ServicesDep) -> ModelList:
-    """Each ready worker: its queues, device, dtype, base model digest, LoRA digests and free GPU memory."""
+    """Each ready worker: its queues, device, dtype, base model digest, LoRA digests and free GPU memory; a worker
+    group also its GPUs, parallel layout and ranks."""
     workers = [w for w in services.jobs.registry.workers() if w.get("ready")]
     return ModelList(data=[WorkerModel.model_validate(w) for w in sorted(workers, key=lambda w: w["name"])])
