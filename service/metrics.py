@@ -27,17 +27,21 @@ class Family:
 
     type: Literal["counter", "gauge", "histogram"]
     labels: tuple[str, ...]
-    exported_by: frozenset[Literal["api", "worker"]]
+    exported_by: frozenset[Process]
     gpu_only: bool = False
 
 
-_BOTH: frozenset[Literal["api", "worker"]] = frozenset({"api", "worker"})
-_API: frozenset[Literal["api", "worker"]] = frozenset({"api"})
-_WORKER: frozenset[Literal["api", "worker"]] = frozenset({"worker"})
+Process = Literal["api", "worker", "enhancer"]
+"""`worker`: a GPU edit worker; `enhancer`: a prompt enhancer worker (`chronoedit enhancer-worker`)."""
+_BOTH: frozenset[Process] = frozenset({"api", "worker"})
+_API: frozenset[Process] = frozenset({"api"})
+_WORKER: frozenset[Process] = frozenset({"worker"})
 
 FAMILIES: dict[str, Family] = {
     "chronoedit_jobs_total": Family("counter", ("kind", "mode", "lane", "status"), _BOTH),
-    "chronoedit_job_stage_seconds": Family("histogram", ("kind", "mode", "lane", "stage"), _BOTH),
+    "chronoedit_job_stage_seconds": Family(
+        "histogram", ("kind", "mode", "lane", "stage"), frozenset({*_BOTH, "enhancer"})
+    ),
     "chronoedit_denoise_step_seconds": Family("histogram", ("kind", "mode"), _WORKER),
     "chronoedit_queue_depth": Family("gauge", ("queue",), _API),
     "chronoedit_batch_items_pending": Family("gauge", (), _API),
@@ -47,12 +51,15 @@ FAMILIES: dict[str, Family] = {
     "chronoedit_model_load_seconds": Family("gauge", ("worker",), _WORKER),
     "chronoedit_gpu_memory_bytes": Family("gauge", ("gpu", "kind"), _WORKER, gpu_only=True),
     "chronoedit_webhook_deliveries_total": Family("counter", ("outcome",), _BOTH),
+    "chronoedit_prompt_enhancements_total": Family("counter", ("outcome",), frozenset({"enhancer"})),
+    "chronoedit_enhancer_ready": Family("gauge", ("worker",), frozenset({"enhancer"})),
     "chronoedit_http_requests_total": Family("counter", ("route", "method", "status"), _API),
     "chronoedit_http_request_seconds": Family("histogram", ("route", "method"), _API),
 }
 """The contract. Counter names carry `_total` here, as they appear in the exposition."""
 
-Stage = Literal["queue_wait", "input_load", "inference", "encode", "upload", "end_to_end"]
+Stage = Literal["enhance", "queue_wait", "input_load", "inference", "encode", "upload", "end_to_end"]
+"""`enhance`: the prompt enhancer's work on a job (enhancer workers; only jobs that asked for it)."""
 STAGES: tuple[Stage, ...] = get_args(Stage)
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800)
@@ -69,7 +76,8 @@ JOBS = Counter(
 )
 JOB_STAGE_SECONDS = Histogram(
     "chronoedit_job_stage_seconds",
-    "Seconds spent per job stage. queue_wait: created to first claim; end_to_end: created to succeeded.",
+    "Seconds spent per job stage. enhance: prompt enhancement; queue_wait: created to first claim (enhancement "
+    "included); end_to_end: created to succeeded.",
     ["kind", "mode", "lane", "stage"],
     buckets=STAGE_BUCKETS,
 )

@@ -50,6 +50,14 @@ class CommonSettings(BaseSettings):
         6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
     )
 
+    enhance_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A job waits this long for its prompt enhancement (queue and enhancer together); then it fails "
+        "`enhancer_unavailable` or runs with the user's prompt, by its policy. `POST /v1/prompts/enhance` waits as "
+        "long.",
+    )
+
     output_retention_seconds: int = Field(
         7 * 24 * 3600, ge=1, description="Inputs and outputs of finished jobs are deleted this long after they end."
     )
@@ -156,6 +164,16 @@ class ApiSettings(CommonSettings):
         8, ge=1, le=64, description="Items of one batch request read, validated and stored at the same time."
     )
     upload_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a `POST /v1/uploads` URL.")
+
+    # --- prompt enhancement ------------------------------------------------------------------------------------------
+    enhance_prompt_defaults: dict[Literal["edit", "sketch"], Literal["off", "required", "best_effort"]] = Field(
+        default_factory=dict,
+        description="Per kind, whether jobs that do not say `enhance_prompt` are enhanced, and with which failure "
+        'policy (JSON, e.g. `{"edit": "best_effort"}`); default off. Never for `upscale` (its prompt is fixed).',
+    )
+    enhance_policy: Literal["required", "best_effort"] = Field(
+        "best_effort", description="The failure policy of `enhance_prompt: true`."
+    )
 
     def placeholder_secrets(self) -> list[str]:
         """The settings that still hold a placeholder secret (empty in a deployment fit to start)."""

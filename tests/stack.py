@@ -85,6 +85,21 @@ class Stack:
             self.wait_worker_ready(name, group)
         return group
 
+    def start_enhancer(self, name: str, env: dict[str, str] | None = None, timeout: float = 120) -> Child:
+        """A prompt enhancer worker (`chronoedit enhancer-worker`), waited for until it announces itself ready."""
+        env = {**self.env, "CHRONOEDIT_WORKER_NAME": name, **(env or {})}
+        enhancer = Child(
+            name, python_module("service.cli", "enhancer-worker"), env, log=self.logs / f"{self.name}-{name}.log"
+        )
+        self.workers.append(enhancer)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert enhancer.alive(), f"enhancer {name} died; log:\n{self.log(name)}"
+            if any(w["name"] == name and w.get("ready") for w in self.registered_workers()):
+                return enhancer
+            time.sleep(0.3)
+        raise TimeoutError(f"enhancer {name} not ready; log:\n{self.log(name)}")
+
     def start_webhook_worker(self) -> Child:
         """The webhook delivery worker (Celery, no model), as `chronoedit webhook-worker` runs it."""
         log = self.logs / f"{self.name}-webhooks.log"

@@ -94,10 +94,11 @@ def test_readiness_names_the_missing_part(make_stack) -> None:
 def test_every_setting_is_documented() -> None:
     from pathlib import Path
 
+    from service.enhance.settings import EnhancerSettings
     from worker.settings import WorkerSettings
 
     documented = (Path(__file__).resolve().parent.parent / "deploy" / "README.md").read_text()
-    for name in {*ApiSettings.model_fields, *WorkerSettings.model_fields}:
+    for name in {*ApiSettings.model_fields, *WorkerSettings.model_fields, *EnhancerSettings.model_fields}:
         assert f"`{name.upper()}`" in documented, f"CHRONOEDIT_{name.upper()} is not in deploy/README.md"
 
 

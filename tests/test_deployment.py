@@ -31,6 +31,7 @@ from kubernetes_validate import validate as kubernetes_validate
 
 from service.cli.main import build_parser
 from service.cli.processes import free_port
+from service.enhance.settings import EnhancerSettings
 from service.settings import ApiSettings
 from tests.receiver import Receiver, start_receiver
 from tests.stack import DEFAULT_WEBHOOK_SECRET, sample_image
@@ -40,7 +41,10 @@ pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
-SETTINGS = {f"CHRONOEDIT_{name.upper()}" for name in (*ApiSettings.model_fields, *WorkerSettings.model_fields)}
+SETTINGS = {
+    f"CHRONOEDIT_{name.upper()}"
+    for name in (*ApiSettings.model_fields, *WorkerSettings.model_fields, *EnhancerSettings.model_fields)
+}
 QUEUES = {"edits", "batch", "reasoning"}
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
 """Debian's client, which builds with the daemon's own BuildKit (a newer client elsewhere on PATH may expect buildx)."""
@@ -73,7 +77,7 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_run_chronoedit_commands_with_declared_settings(compose: dict[str, Any]) -> None:
     ours = {name: s for name, s in compose["services"].items() if str(s.get("image", "")).startswith("chronoedit-")}
-    assert set(ours) == {"api", "webhooks", "worker", "worker-reasoning"}
+    assert set(ours) == {"api", "webhooks", "worker", "worker-reasoning", "enhancer"}
     for name, service in ours.items():
         assert_chronoedit_command(service["command"], f"compose service {name}")
         unknown = {k for k in service.get("environment", {}) if k.startswith("CHRONOEDIT_")} - SETTINGS

@@ -102,9 +102,11 @@ def test_job_counted_once_and_stages_add_up(observed: dict[str, Any]) -> None:
         assert value(worker, "chronoedit_jobs", "chronoedit_jobs_total", status=status, **counted) == 0
 
     stage = "chronoedit_job_stage_seconds"
-    for name in STAGES:
+    ran = [name for name in STAGES if name != "enhance"]  # no prompt enhancement asked for: no enhancer stage
+    for name in ran:
         assert value(worker, stage, f"{stage}_count", stage=name, **labels) == 1, name
-    seconds = {name: value(worker, stage, f"{stage}_sum", stage=name, **labels) or 0.0 for name in STAGES}
+    assert not value(worker, stage, f"{stage}_count", stage="enhance", **labels), "a GPU worker never enhances"
+    seconds = {name: value(worker, stage, f"{stage}_sum", stage=name, **labels) or 0.0 for name in ran}
     assert seconds["end_to_end"] >= seconds["inference"] > 0
     assert seconds["end_to_end"] >= sum(seconds[s] for s in ("input_load", "inference", "encode", "upload"))
     job = observed["job"]
@@ -178,7 +180,7 @@ def test_logs_are_json_lines_with_ids_and_durations(observed: dict[str, Any]) ->
     ours = [line for line in worker_lines if line.get("job_id") == job_id]
     assert ours and all(line["request_id"] == "req-observe-1" and line["worker"] == "observer" for line in ours)
     stages = {line["stage"]: line["duration_s"] for line in ours if line.get("message", "").startswith("stage ")}
-    assert set(stages) == set(STAGES) - {"queue_wait", "end_to_end"}
+    assert set(stages) == set(STAGES) - {"enhance", "queue_wait", "end_to_end"}
     assert all(seconds >= 0 for seconds in stages.values())
     assert any(line["message"] == "job claimed" and line["queue_wait_s"] >= 0 for line in ours)
     assert any(line["message"] == "job succeeded" and line["end_to_end_s"] >= stages["inference"] for line in ours)

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from service.api.errors import install_error_handlers
 from service.api.observability import observe_requests, scrape_time_registry
 from service.api.openapi import build_openapi
-from service.api.routes import batches, edits, files, health, models, uploads, webhooks
+from service.api.routes import batches, edits, files, health, models, prompts, uploads, webhooks
 from service.api.services import Services
 from service.jobs.metrics import init_job_series
 from service.jobs.reconciler import Reconciler
@@ -50,7 +50,7 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     init_job_series()
     app.middleware("http")(observe_requests)  # inside _request_id, so it sees the request id
     app.middleware("http")(_request_id)
-    for routes in (edits, batches, files, health, uploads, models, webhooks):
+    for routes in (edits, batches, prompts, files, health, uploads, models, webhooks):
         app.include_router(routes.router)
     webhooks.document_webhooks(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.schemas import MAX_PROMPT_CHARS, MAX_SEED
-from service.jobs.record import JobStatus, Kind, Mode, OutputName
+from service.jobs.record import EnhancePolicy, JobStatus, Kind, Mode, OutputName
 from service.jobs.view import BatchView, ErrorView, FileView
 
 ITEM_OVERRIDES = (
@@ -90,6 +90,11 @@ class BatchDefaults(BaseModel):
     output_size: Literal["model", "input"] = "model"
     fp8: bool = False
     step_cache: float | None = Field(None, gt=0, le=0.5)
+    enhance_prompt: bool | EnhancePolicy | None = Field(
+        None,
+        description="Prompt enhancement for every item, as in `POST /v1/edits`; items with the same instruction and "
+        "image bytes share one enhancement.",
+    )
     cache: bool = Field(
         True,
         description="Items with a seed reuse the outputs of identical earlier jobs of yours (input bytes, parameters, "

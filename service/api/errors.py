@@ -149,5 +149,6 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http_error": (400, "any other HTTP-level refusal"),
     "internal_error": (500, "a bug; quote the request id"),
     "storage_unavailable": (503, "object storage failed; retry"),
+    "enhancer_unavailable": (503, "no prompt enhancer is running, or it failed or did not answer in time"),
 }
 """Every stable error `code` with its HTTP status; documented in the OpenAPI document (`ErrorBody.code`)."""

@@ -18,6 +18,7 @@ from service.api.errors import ApiError
 from service.api.uploads import Uploads
 from service.jobs.events import JobKeys, profile
 from service.jobs.record import JobRecord, JobStatus
+from service.jobs.registry import edit_workers
 from service.jobs.system import JobSystem
 from service.jobs.view import JobView, render_job
 from service.storage import StorageError
@@ -160,7 +161,7 @@ class JobManager:
         overall = self.mean_duration("all")
         if own is None and overall is None:
             return None
-        workers = max(1, sum(1 for w in self.jobs.registry.workers() if w.get("ready")))
+        workers = max(1, sum(1 for w in edit_workers(self.jobs.registry.workers()) if w.get("ready")))
         ahead = (position - 1) * (overall or own or 0.0) / workers
         return round(ahead + (own or overall or 0.0), 1)
 

@@ -13,10 +13,11 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api.batch_schemas import BatchCreate, BatchItemsAppend
 from service.api.errors import ERROR_CODES
-from service.api.schemas import EditCreate
+from service.api.schemas import EditCreate, PromptEnhanceCreate
 
-HAND_READ_BODIES = (EditCreate, BatchCreate, BatchItemsAppend)
-"""Bodies the routes read by hand, so FastAPI does not see their models: `POST /v1/edits` takes JSON or multipart,
+HAND_READ_BODIES = (EditCreate, BatchCreate, BatchItemsAppend, PromptEnhanceCreate)
+"""Bodies the routes read by hand, so FastAPI does not see their models: `POST /v1/edits` and
+`POST /v1/prompts/enhance` take JSON or multipart,
 and batch items are validated one by one (an invalid item must not refuse the others)."""
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"

@@ -15,7 +15,7 @@ from chronoedit_core.sizing import check_output_size, default_output_size
 from service.api.errors import ApiError
 from service.api.inputs import decode_base64
 from service.api.schemas import EditCreate
-from service.jobs.record import EditParams, JobRecord, Progress, StoredFile, input_key
+from service.jobs.record import EditParams, Enhancement, EnhancePolicy, JobRecord, Progress, StoredFile, input_key
 from service.settings import ApiSettings
 
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -37,6 +37,7 @@ def build_job(edit: EditCreate, data: bytes, settings: ApiSettings) -> tuple[Job
     )
     steps = edit.num_inference_steps or chosen.num_inference_steps
     _check_reasoning(edit, chosen, steps)
+    policy = enhance_policy(edit, settings)
     job_id = uuid.uuid4().hex
     params = EditParams(
         mode=chosen.mode,
@@ -66,10 +67,29 @@ def build_job(edit: EditCreate, data: bytes, settings: ApiSettings) -> tuple[Job
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
-    progress = Progress(step=0, total=params.num_inference_steps)
+    # A job to enhance waits for its enhancer first (`enhancing`); `model_prompt` is replaced once it answered.
+    progress = Progress(step=0, total=params.num_inference_steps, stage="enhancing" if policy else "queued")
     cache = edit.cache and edit.seed is not None  # a drawn seed never repeats: nothing to reuse
-    job = JobRecord(id=job_id, kind=edit.kind, params=params, input=stored, progress=progress, cache=cache)
+    enhancement = Enhancement(policy=policy) if policy else None
+    job = JobRecord(
+        id=job_id, kind=edit.kind, params=params, input=stored, progress=progress, cache=cache, enhancement=enhancement
+    )
     return job, data
+
+
+def enhance_policy(edit: EditCreate, settings: ApiSettings) -> EnhancePolicy | None:
+    """The job's prompt-enhancement policy, None for none: as asked, else the server's default for the kind."""
+    choice = edit.enhance_prompt
+    if choice is None:
+        default = settings.enhance_prompt_defaults.get(edit.kind, "off") if edit.kind != "upscale" else "off"
+        return None if default == "off" else default
+    if choice is False:
+        return None
+    if edit.kind == "upscale":
+        raise ApiError(
+            422, "invalid_parameter", "`enhance_prompt` is not for `upscale` jobs: their trigger prompt is fixed"
+        )
+    return settings.enhance_policy if choice is True else choice
 
 
 def _preset(edit: EditCreate) -> Preset:

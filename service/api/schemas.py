@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from service.jobs.record import TERMINAL_EVENTS, EventType, Kind, Mode, OutputName
+from service.jobs.record import TERMINAL_EVENTS, EnhancePolicy, EventType, Kind, Mode, OutputName
 from service.jobs.view import JobView
 
 MAX_PROMPT_CHARS = 4000
@@ -70,6 +70,13 @@ class EditCreate(BaseModel):
     step_cache: float | None = Field(
         None, gt=0, le=0.5, description="Faster, approximate: FirstBlockCache threshold (e.g. 0.05); off when absent."
     )
+    enhance_prompt: bool | EnhancePolicy | None = Field(
+        None,
+        description="Rewrite the prompt with the prompt enhancer (a vision-language model that looks at the image) "
+        "before the edit; the job records both prompts. `required`: if the enhancer fails or times out the job fails "
+        "`enhancer_unavailable`; `best_effort`: it runs with your prompt and says so; `true`: the server's default "
+        "policy; `false`: off. Default: the server's setting for the kind. Not for `upscale`.",
+    )
     cache: bool = Field(
         False,
         description="With a `seed`: reuse the outputs of an earlier identical job of yours (same input bytes, "
@@ -130,6 +137,38 @@ class WorkerRank(BaseModel):
     device: str
     gpu_free_bytes: int | None = None
     gpu_total_bytes: int | None = None
+
+
+class PromptEnhanceCreate(BaseModel):
+    """`POST /v1/prompts/enhance`: an instruction and its image, as JSON (`image_url`, `image_base64` or `input_key`)
+    or as a multipart form (the image as the file `image`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The instruction (sketch: the object).")
+    kind: Literal["edit", "sketch"] = Field("edit", description="The kind of job the prompt is for.")
+    image_url: AnyHttpUrl | None = Field(None, description="JSON only: http(s) URL of the image.")
+    image_base64: str | None = Field(None, description="JSON only: the image, base64-encoded.")
+    input_key: str | None = Field(None, max_length=200, description="JSON only: a `POST /v1/uploads` key.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value
+
+
+class PromptEnhancement(BaseModel):
+    """The enhanced prompt, for review before submitting an edit (with it as `prompt`, or with the original and
+    `enhance_prompt`, which then reuses this very answer)."""
+
+    object: Literal["prompt_enhancement"] = "prompt_enhancement"
+    prompt: str = Field(description="Your instruction, as sent.")
+    enhanced_prompt: str = Field(description="The enhancer's rewrite.")
+    model_prompt: str = Field(description="What the model would be given: the rewrite in the kind's template.")
+    enhancer: str = Field(description="The backend and model that wrote it (`local:...` or `remote:...`).")
+    shared: bool = Field(description="Reused from an identical earlier enhancement (same instruction and image).")
 
 
 class WorkerModel(BaseModel):

@@ -1,6 +1,6 @@
 """The `chronoedit` command line. Running the service: `serve` (the embedded stack), `api`, `worker`,
-`webhook-worker`, `keys`, `make-tiny-model`, `manifest`, `metrics-targets`, `openapi`. Using it over the public HTTP
-API (`CHRONOEDIT_URL`, `CHRONOEDIT_API_KEY`): `batch ...` and `edit`.
+`enhancer-worker`, `webhook-worker`, `keys`, `make-tiny-model`, `make-tiny-enhancer`, `manifest`, `metrics-targets`,
+`openapi`. Using it over the public HTTP API (`CHRONOEDIT_URL`, `CHRONOEDIT_API_KEY`): `batch ...` and `edit`.
 
 Commands import what they need when they run, so `chronoedit api` never imports torch.
 """
@@ -48,6 +48,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enhancer_worker(_: argparse.Namespace) -> int:
+    """The prompt enhancer worker; the local backend (torch, transformers) is imported only when configured."""
+    from service.enhance.settings import EnhancerSettings
+
+    settings = EnhancerSettings()
+    configure_logging(settings.log_format, settings.log_level, static={"worker": settings.worker_name})
+    from service.enhance.worker import run
+
+    if settings.enhancer_backend == "local":
+        from worker.enhancer import LocalEnhancer
+
+        run(LocalEnhancer.from_settings, in_child=True)
+    else:
+        from service.enhance.remote import RemoteEnhancer
+
+        run(RemoteEnhancer, in_child=False)
+    return 0
+
+
 def cmd_metrics_targets(args: argparse.Namespace) -> int:
     """Registered workers' metrics endpoints as Prometheus file_sd targets, on stdout or atomically to a file."""
     import json
@@ -88,6 +107,14 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
     path = write_tiny_model(Path(args.directory), seed=args.seed)
     print(f"wrote a tiny random ChronoEdit checkpoint to {path} (its images are noise)")
+    return 0
+
+
+def cmd_make_tiny_enhancer(args: argparse.Namespace) -> int:
+    from chronoedit_core.tiny_vl import write_tiny_enhancer
+
+    path = write_tiny_enhancer(Path(args.directory), seed=args.seed)
+    print(f"wrote a tiny random Qwen2.5-VL prompt enhancer to {path} (its prompts are gibberish)")
     return 0
 
 
@@ -132,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas", action="store_true", help="with --gpus N: N independent single-GPU workers instead of a group"
     )
     worker.set_defaults(func=cmd_worker)
+    sub.add_parser(
+        "enhancer-worker", help="run a prompt enhancer worker (Celery, `enhance` queue; local model or remote endpoint)"
+    ).set_defaults(func=cmd_enhancer_worker)
     targets = sub.add_parser("metrics-targets", help="print the workers' metrics endpoints as Prometheus file_sd")
     targets.add_argument("--output", help="write to this file (atomically) instead of stdout")
     targets.set_defaults(func=cmd_metrics_targets)
@@ -145,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
+    tiny_vl = sub.add_parser("make-tiny-enhancer", help="write a tiny random Qwen2.5-VL prompt enhancer")
+    tiny_vl.add_argument("directory")
+    tiny_vl.add_argument("--seed", type=int, default=0)
+    tiny_vl.set_defaults(func=cmd_make_tiny_enhancer)
     manifest = sub.add_parser("manifest", help="write (or --verify) the SHA-256 manifest of a model folder")
     manifest.add_argument("directory")
     manifest.add_argument("--verify", action="store_true", help="check the folder against its manifest instead")

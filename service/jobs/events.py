@@ -5,8 +5,9 @@ worker's runtime needs no webhook or index code, and an event is emitted if and 
 - a message on the job's pub/sub channel (server-sent events and `Prefer: wait` listen to it), every change;
 - a pending webhook delivery (record + due-time entry) when the job subscribed to the event; `progress` events are
   throttled to one per `PROGRESS_EVENT_SECONDS`; the webhook worker dispatches what is due (transactional outbox);
-- the indexes: the tenant's job list, the interactive queue order (queue position), the batch lane
-  (`service/jobs/lanes.py`), finished jobs (retention), each key's unfinished jobs (quota), recent run durations per
+- the indexes: the tenant's job list, jobs awaiting prompt enhancement, the interactive queue order (queue
+  position), the batch lane (`service/jobs/lanes.py`), finished jobs (retention), each key's unfinished jobs
+  (quota), recent run durations per
   profile (ETA), and a batch item's place and its batch's counts per status (`service/jobs/batches.py`).
 """
 
@@ -41,6 +42,8 @@ class JobKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.queued = f"{prefix}:queued"
+        self.enhancing = f"{prefix}:enhancing"
+        """Jobs awaiting prompt enhancement, by creation time (the reconciler enforces the enhancement deadline)."""
         self.finished = f"{prefix}:finished"
         self.webhooks_due = f"{prefix}:webhooks:due"
         self.unfinished_batches = f"{prefix}:batches:unfinished"
@@ -108,6 +111,11 @@ def event_of(old: JobRecord | None, new: JobRecord) -> EventType | None:
     return None
 
 
+def released(old: JobRecord | None, new: JobRecord) -> bool:
+    """The change finishes the job's prompt enhancement: from now on it may wait in the GPU queues."""
+    return old is not None and old.awaits_enhancement() and not new.awaits_enhancement()
+
+
 def wants_webhook(job: JobRecord, event: EventType | None) -> bool:
     return event is not None and job.webhook is not None and event in job.webhook_events
 
@@ -126,6 +134,8 @@ def apply(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: 
     """Queue every side effect of `old -> new` on `pipe` (inside MULTI)."""
     event = event_of(old, new)
     if event is None:
+        if released(old, new):  # not news to clients (still `queued`), but the job now enters the GPU queues
+            _queue(pipe, keys, old, new, now)
         return
     _index(pipe, keys, old, new, now)
     pipe.publish(keys.channel(new.id), json.dumps({"event": event, "job": new.model_dump(mode="json")}))
@@ -151,7 +161,12 @@ def _index(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now:
 
 
 def _queue(pipe: Any, keys: JobKeys, old: JobRecord | None, new: JobRecord, now: float) -> None:
-    """Interactive jobs wait in one order (their queue position); batch items in their tenant's lane."""
+    """Interactive jobs wait in one order (their queue position); batch items in their tenant's lane. A job whose
+    prompt enhancement is pending waits in neither: no GPU worker may take it before its prompt is final."""
+    if new.awaits_enhancement():
+        pipe.zadd(keys.enhancing, {new.id: new.created_at}, nx=True)
+        return
+    pipe.zrem(keys.enhancing, new.id)
     queued = new.status == JobStatus.QUEUED
     if new.lane == "batch":
         if queued:

@@ -18,6 +18,12 @@ REASONING_QUEUE = "reasoning"
 """Temporal-reasoning jobs (29 frames, about 5x the work of an edit) wait apart, for the workers meant for them."""
 BATCH_QUEUE = "batch"
 """Batch items' tokens. Workers list it after their interactive queues and take those first."""
+ENHANCE_QUEUE = "enhance"
+"""Prompt enhancement, consumed by the enhancer workers (`chronoedit enhancer-worker`), never by a GPU edit worker."""
+ENHANCE_JOB_TASK = "chronoedit.enhance_job"
+"""Enhance a job's prompt; its id is the argument. The enhancer publishes the job's edit message afterwards."""
+ENHANCE_PROMPT_TASK = "chronoedit.enhance_prompt"
+"""Enhance a prompt for `POST /v1/prompts/enhance`; the argument is the request id (`service/enhance/requests.py`)."""
 
 
 # kombu's Redis transport keeps a queue's messages in a list named after the queue, plus one list per non-zero
@@ -51,6 +57,8 @@ def make_celery(settings: CommonSettings, name: str = "chronoedit") -> Celery:
 
 def queue_for(job: JobRecord) -> str:
     """The queue a job is published to."""
+    if job.awaits_enhancement():
+        return ENHANCE_QUEUE
     if job.lane == "batch":
         return BATCH_QUEUE
     return REASONING_QUEUE if job.params.temporal_reasoning else EDITS_QUEUE
@@ -58,8 +66,11 @@ def queue_for(job: JobRecord) -> str:
 
 def publish(app: Celery, job: JobRecord) -> None:
     """Send the job's message: its id on an interactive queue, or a token on the batch queue (the worker that takes
-    it asks the lane which item is next, so tenants share the lane fairly whatever the order of the tokens)."""
-    if job.lane == "batch":
+    it asks the lane which item is next, so tenants share the lane fairly whatever the order of the tokens). A job
+    awaiting prompt enhancement goes to the enhancers first; they publish its edit message once it is enhanced."""
+    if job.awaits_enhancement():
+        app.send_task(ENHANCE_JOB_TASK, args=[job.id], queue=ENHANCE_QUEUE)
+    elif job.lane == "batch":
         publish_batch_token(app)
     else:
         app.send_task(RUN_EDIT_TASK, args=[job.id], queue=queue_for(job))

@@ -3,9 +3,10 @@ compares the two and repairs what a lost worker or a lost message left behind. D
 claim drops a message for a job that is running or finished, and a surplus batch-lane token takes nothing.
 
 Each pass: running jobs whose lease expired are requeued (or fail past the attempt cap); interactive jobs queued
-too long are published again; batch items taken from the lane by a worker that died before claiming them go back;
-the batch queue gets a token for every item waiting in the lane; and batches whose last item finished while their
-finishing process died are completed.
+too long, and jobs waiting too long for their prompt enhancement, are published again; jobs whose enhancement is not
+done by the enhancement deadline go on by their failure policy; batch items taken from the lane by a worker that
+died before claiming them go back; the batch queue gets a token for every item waiting in the lane; and batches
+whose last item finished while their finishing process died are completed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Reconciler:
         """One pass over everything described above; returns how many interactive jobs were requeued or
         re-published."""
         requeued = self._republish_stale()
+        self._enforce_enhancement_deadline()
         self._return_taken()
         self._top_up_tokens()
         self._complete_batches()
@@ -49,12 +51,24 @@ class Reconciler:
         count, after = 0, self.jobs.settings.republish_after_seconds
         for job_id in self.jobs.store.stale_queued(after):
             job = self.jobs.store.get(job_id)
-            if job is not None and job.status == "queued" and job.lane == "interactive":
+            if job is not None and job.status == "queued" and (job.lane == "interactive" or job.awaits_enhancement()):
                 publish(self.jobs.celery, job)
                 count += 1
                 logger.warning("job %s: still queued after %.0f s; published again", job_id, after)
             self.jobs.store.mark_published(job_id)
         return count
+
+    def _enforce_enhancement_deadline(self) -> None:
+        """A job still waiting for its prompt enhancement after `ENHANCE_TIMEOUT_SECONDS` (no enhancer running, or
+        one too slow) fails or goes on with the user's prompt, by its policy; a late answer is then discarded."""
+        limit = self.jobs.settings.enhance_timeout_seconds
+        for job_id in self.jobs.store.overdue_enhancements(limit):
+            job = self.jobs.store.fail_enhancement(job_id, f"no enhanced prompt within {limit:.0f} s")
+            if job is None:
+                continue
+            logger.warning("job %s: prompt enhancement timed out; %s", job_id, job.status.value)
+            if job.status == "queued":
+                publish(self.jobs.celery, job)
 
     def _return_taken(self) -> None:
         for job_id in self.jobs.lane.stale_taken(time.time() - self.jobs.settings.lease_seconds):

@@ -16,9 +16,14 @@ from pydantic import BaseModel, Field
 OutputName = Literal["image", "video"]
 Kind = Literal["edit", "upscale", "sketch"]
 Mode = Literal["standard", "fast"]
-Stage = Literal["queued", "loading", "denoising", "decoding", "uploading", "done"]
+Stage = Literal["enhancing", "queued", "loading", "denoising", "decoding", "uploading", "done"]
+"""`enhancing`: the job waits for its prompt enhancement (still `queued`); the others are the GPU worker's."""
 Lane = Literal["interactive", "batch"]
 """Interactive jobs (`POST /v1/edits`) are taken before batch items, which share the batch lane fairly by tenant."""
+EnhancePolicy = Literal["required", "best_effort"]
+"""What a job does when its prompt enhancer fails or times out: fail (`enhancer_unavailable`) or run with the
+user's own prompt."""
+EnhanceStatus = Literal["pending", "succeeded", "failed"]
 EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
 TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
 DEFAULT_TENANT = "default"
@@ -41,8 +46,10 @@ class EditParams(BaseModel):
     mode: Mode = "standard"
     prompt: str
     """The user's text."""
+    enhanced_prompt: str | None = None
+    """The prompt enhancer's rewrite of `prompt`; None when the job was not enhanced (or the enhancer failed)."""
     model_prompt: str = ""
-    """What the model was given: the user's text in the kind's prompt template."""
+    """What the model was given: the enhanced text (else the user's) in the kind's prompt template."""
     negative_prompt: str = ""
     loras: list[str] = Field(default_factory=list)
     """Adapters active for this job, from the kind and mode's preset."""
@@ -84,6 +91,23 @@ class RanWith(BaseModel):
     loras: dict[str, str] = Field(default_factory=dict)
     device: str
     dtype: str
+
+
+class Enhancement(BaseModel):
+    """A job's prompt enhancement: asked for with a failure policy, pending until the enhancer answered or gave up.
+
+    While `pending` the job is `queued` but in no GPU queue: `service/jobs/events.py` enters it there only once the
+    enhancement is finished (`succeeded`, or `failed` under `best_effort`)."""
+
+    policy: EnhancePolicy
+    status: EnhanceStatus = "pending"
+    enhancer: str | None = None
+    """The backend and model that answered (`local:...`, `remote:...`)."""
+    error: str | None = None
+    """Why it failed; under `best_effort` the job ran with the user's own prompt."""
+    shared: bool = False
+    """The text was reused from an identical enhancement (same tenant, instruction, image bytes and enhancer)."""
+    finished_at: float | None = None
 
 
 class JobError(BaseModel):
@@ -134,6 +158,12 @@ class JobRecord(BaseModel):
     weights) instead of running it; see `service/jobs/cache.py`."""
     cached_from: str | None = None
     """The job whose outputs this one reused (no GPU work was done)."""
+    enhancement: Enhancement | None = None
+    """Present when the job asked for prompt enhancement."""
+
+    def awaits_enhancement(self) -> bool:
+        """Queued but held back from the GPU queues until its prompt enhancement is finished."""
+        return self.status == JobStatus.QUEUED and self.enhancement is not None and self.enhancement.status == "pending"
 
 
 def input_key(job_id: str, extension: str) -> str:

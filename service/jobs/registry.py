@@ -8,6 +8,18 @@ from typing import Any
 
 import redis
 
+ENHANCER_ROLE = "enhancer"
+"""The `role` prompt enhancer workers announce; edit workers announce none."""
+
+
+def edit_workers(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workers that run edits (GPU workers), not prompt enhancers."""
+    return [worker for worker in workers if worker.get("role") != ENHANCER_ROLE]
+
+
+def ready_enhancers(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [worker for worker in workers if worker.get("role") == ENHANCER_ROLE and worker.get("ready")]
+
 
 class WorkerRegistry:
     """Workers announce themselves with a short TTL; a worker that stops announcing disappears."""

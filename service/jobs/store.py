@@ -64,7 +64,7 @@ class JobStore:
                     new = events.mark(None, record, now)
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
-                    if new.lane == "interactive":  # batch items have the lane's tokens instead
+                    if _republishable(new):
                         pipe.zadd(self._published, {new.id: now})
                     events.apply(pipe, self.keys, None, new, now)
                     pipe.execute()
@@ -102,9 +102,9 @@ class JobStore:
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
                     events.apply(pipe, self.keys, old, new, now)
-                    if new.status == JobStatus.QUEUED and old.status != JobStatus.QUEUED and new.lane == "interactive":
-                        pipe.zadd(self._published, {job_id: now})
-                    elif new.status != JobStatus.QUEUED:
+                    if _republishable(new) and (old.status != JobStatus.QUEUED or events.released(old, new)):
+                        pipe.zadd(self._published, {job_id: now})  # a new message goes out after this commit
+                    elif not _republishable(new):
                         pipe.zrem(self._published, job_id)
                     if new.status == JobStatus.RUNNING and new.lease_expires_at is not None:
                         pipe.zadd(self._leases, {job_id: new.lease_expires_at})
@@ -127,6 +127,8 @@ class JobStore:
         def transition(job: JobRecord) -> JobRecord | None:
             now = time.time()
             lease_live = job.lease_expires_at is not None and job.lease_expires_at > now
+            if job.awaits_enhancement():  # a stray message: its prompt is not final yet
+                return None
             if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
                 return None
             if job.cancel_requested_at is not None or batch_canceled:  # asked to stop while no worker ran it
@@ -237,6 +239,51 @@ class JobStore:
 
         return self.update(job_id, transition)
 
+    # --- prompt enhancement ------------------------------------------------------------------------------------
+
+    def finish_enhancement(
+        self, job_id: str, text: str, model_prompt: str, enhancer: str, shared: bool = False
+    ) -> JobRecord | None:
+        """Record the enhanced prompt and what the model will see; the job enters the GPU queues in the same
+        transaction. None when the job no longer waits for it (canceled, or given up on by the reconciler)."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not job.awaits_enhancement() or job.enhancement is None:
+                return None
+            done = {"status": "succeeded", "enhancer": enhancer, "shared": shared, "finished_at": time.time()}
+            params = job.params.model_copy(update={"enhanced_prompt": text, "model_prompt": model_prompt})
+            return job.model_copy(
+                update={
+                    "enhancement": job.enhancement.model_copy(update=done),
+                    "params": params,
+                    "progress": job.progress.model_copy(update={"stage": "queued"}),
+                }
+            )
+
+        return self.update(job_id, transition)
+
+    def fail_enhancement(self, job_id: str, error: str, enhancer: str | None = None) -> JobRecord | None:
+        """The enhancer failed or timed out: by the job's policy it fails (`required`: `enhancer_unavailable`) or
+        enters the GPU queues with the user's own prompt (`best_effort`). None when the job no longer waits."""
+
+        def transition(job: JobRecord) -> JobRecord | None:
+            if not job.awaits_enhancement() or job.enhancement is None:
+                return None
+            failed = {"status": "failed", "enhancer": enhancer, "error": error, "finished_at": time.time()}
+            job = job.model_copy(update={"enhancement": job.enhancement.model_copy(update=failed)})
+            if job.enhancement is not None and job.enhancement.policy == "required":
+                return _failed(job, "enhancer_unavailable", f"the prompt enhancer failed: {error}")
+            return job.model_copy(update={"progress": job.progress.model_copy(update={"stage": "queued"})})
+
+        return self.update(job_id, transition)
+
+    def overdue_enhancements(self, older_than_seconds: float) -> list[str]:
+        """Jobs created longer ago than this that still wait for their prompt enhancement."""
+        members = cast(
+            list[bytes], self.client.zrangebyscore(self.keys.enhancing, "-inf", time.time() - older_than_seconds)
+        )
+        return [member.decode() for member in members]
+
     def stale_queued(self, older_than_seconds: float) -> list[str]:
         """Jobs queued (or last re-published) longer ago than this: their message may be lost."""
         members = cast(
@@ -258,6 +305,12 @@ class JobStore:
             return JobRecord.model_validate({**job.model_dump(), **update})
 
         return self.update(job_id, transition)
+
+
+def _republishable(job: JobRecord) -> bool:
+    """A queued job whose own message the reconciler re-sends if it seems lost: interactive jobs, and any job on its
+    way to a prompt enhancer. Batch items waiting in the lane have the lane's tokens instead."""
+    return job.status == JobStatus.QUEUED and (job.lane == "interactive" or job.awaits_enhancement())
 
 
 def _check_item(pipe: Any, keys: events.JobKeys, item: JobRecord) -> None:

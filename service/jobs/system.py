@@ -13,7 +13,7 @@ from service.jobs.batches import BatchClosed, BatchStore, DuplicateReference
 from service.jobs.lanes import BatchLane
 from service.jobs.queue import make_celery, publish
 from service.jobs.record import JobRecord
-from service.jobs.registry import WorkerRegistry
+from service.jobs.registry import WorkerRegistry, edit_workers
 from service.jobs.store import JobStore
 from service.settings import CommonSettings
 from service.storage import Storage, StorageError, make_storage
@@ -74,7 +74,7 @@ class JobSystem:
         return checks
 
     def _worker_check(self) -> str:
-        workers = self.registry.workers()
+        workers = edit_workers(self.registry.workers())  # a prompt enhancer runs no edit
         ready = [w for w in workers if w.get("ready")]
         if ready:
             return "ok"

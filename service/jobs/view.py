@@ -10,14 +10,30 @@ from urllib.parse import urljoin
 from pydantic import BaseModel, Field
 
 from service.jobs.batches import BatchCounts, BatchRecord, BatchStatus
-from service.jobs.record import EventType, JobRecord, JobStatus, Kind, Mode, OutputName, RanWith, Stage
+from service.jobs.record import (
+    EnhancePolicy,
+    EnhanceStatus,
+    EventType,
+    JobRecord,
+    JobStatus,
+    Kind,
+    Mode,
+    OutputName,
+    RanWith,
+    Stage,
+)
 from service.storage import Storage
 
 
 class EditParamsView(BaseModel):
     mode: Mode
-    prompt: str
-    model_prompt: str = Field(description="What the model was given: the prompt in the kind's template.")
+    prompt: str = Field(description="Your prompt, as sent.")
+    enhanced_prompt: str | None = Field(
+        None, description="The prompt enhancer's rewrite of `prompt`; null when the job was not enhanced."
+    )
+    model_prompt: str = Field(
+        description="What the model was given: the enhanced prompt (else yours) in the kind's template."
+    )
     negative_prompt: str
     loras: list[str]
     seed: int
@@ -56,6 +72,17 @@ class ProgressView(BaseModel):
     stage: Stage
 
 
+class EnhancementView(BaseModel):
+    policy: EnhancePolicy = Field(description="`required`: the job fails if the enhancer does; `best_effort`: it runs.")
+    status: EnhanceStatus = Field(
+        description="`pending` (the job waits for it, `progress.stage` `enhancing`), `succeeded`, or `failed` (under "
+        "`best_effort` the job ran with your own prompt; `error` says why)."
+    )
+    enhancer: str | None = Field(description="The backend and model that answered (`local:...`, `remote:...`).")
+    error: str | None
+    shared: bool = Field(description="Reused from an identical enhancement (same instruction and image bytes).")
+
+
 class ErrorView(BaseModel):
     code: str
     message: str
@@ -92,6 +119,7 @@ class JobView(BaseModel):
         False, description="The outputs are those of an earlier identical job (`cached_from`); no GPU work was done."
     )
     cached_from: str | None = Field(None, description="The job whose outputs were reused.")
+    enhancement: EnhancementView | None = Field(None, description="Prompt enhancement, when the job asked for it.")
 
 
 class BatchCountsView(BaseModel):
@@ -169,6 +197,7 @@ def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, re
         metadata=job.metadata,
         cached=job.cached_from is not None,
         cached_from=job.cached_from,
+        enhancement=EnhancementView(**job.enhancement.model_dump()) if job.enhancement else None,
     )
 
 
