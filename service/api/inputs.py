@@ -81,6 +81,8 @@ async def read_json_object(request: Request, limit: int, too_large: str = "paylo
         body = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the parser recurses per level; thousands of `[` exhaust the stack
+        raise ApiError(400, "invalid_json", "the body nests arrays or objects too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_parameter", "the JSON body must be an object")
     return body
