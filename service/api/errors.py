@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -129,6 +130,14 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
 
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("request %s: Redis unreachable: %s", request_id(request), exc)
+        response = error_response(request, 503, "store_unavailable", "the job store is unreachable; retry shortly")
+        response.headers[RETRY_AFTER_HEADER] = "5"
+        return response
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error in request %s", request_id(request))
@@ -173,6 +182,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http_error": (400, "any other HTTP-level refusal"),
     "internal_error": (500, "a bug; quote the request id"),
     "storage_unavailable": (503, "object storage failed; retry"),
+    "store_unavailable": (503, "the job store (Redis) is unreachable; retry after Retry-After"),
     "enhancer_unavailable": (503, "no prompt enhancer is running, or it failed or did not answer in time"),
 }
 """Every stable error `code` with its HTTP status; documented in the OpenAPI document (`ErrorBody.code`)."""
