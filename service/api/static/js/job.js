@@ -63,11 +63,19 @@ export class JobPanel {
     status.className = `badge ${job.status}`;
     status.textContent = job.status;
     this.renderProgress(job);
+    this.announce(job);
     const error = byId("job-error");
     error.textContent = job.error ? `${job.error.message} [${job.error.code}]` : "";
     show(error, Boolean(job.error));
     show(byId("result"), job.status === "succeeded");
     if (job.status === "succeeded") this.renderResult(job);
+  }
+
+  /** Tell screen readers when the status or stage changes; not at every step, which would drown everything out. */
+  announce(job) {
+    const box = byId("job-announce");
+    const text = `Job ${job.status}: ${stageText(job).replace(/: step .*/, "")}`;
+    if (box.textContent !== text) box.textContent = text;
   }
 
   renderProgress(job) {
