@@ -236,6 +236,36 @@ def test_submit_with_the_keyboard_alone(local: Stack, browser: Browser, photo: P
     assert url_path(download.get_attribute("href")).startswith("/v1/files/") and download.get_attribute("download")
 
 
+def test_upscale_needs_no_prompt_and_sends_the_scale(served: Stack, browser: Browser, tmp_path: Path) -> None:
+    small = tmp_path / "sku.jpg"
+    small.write_bytes(sample_image(48, 32, seed=3, fmt="JPEG"))
+    browser.open(served.base_url)
+    pick_image(browser, small)
+    choose(browser, "kind", "upscale")
+    assert browser.visible("#scale") and browser.js("return document.getElementById('enhance').disabled")
+    type_into(browser, "#scale", "2")
+    set_advanced(browser, steps="1", width="", height="")
+    job_id = submit(browser)
+    browser.wait(lambda: status_of(browser) == "succeeded", "the upscale")
+    job = served.client().get(f"/v1/edits/{job_id}").json()
+    assert (job["kind"], job["params"]["width"], job["params"]["height"]) == ("upscale", 96, 64)
+
+
+def test_a_refused_request_says_why_and_keeps_the_form(served: Stack, browser: Browser, photo: Path) -> None:
+    browser.open(served.base_url)
+    browser.css("#submit").click()
+    assert browser.text("#form-error") == "Choose an image first."
+    assert browser.js("return document.activeElement.id") == "image-file"
+    pick_image(browser, photo)
+    type_into(browser, "#prompt", "The user wants to make the mug red.")
+    set_advanced(browser, steps="1", width="48", height="")  # the API takes both sizes or neither
+    browser.css("#submit").click()
+    browser.wait(lambda: "invalid_size" in browser.text("#form-error"), "the API's refusal")
+    assert "both `width` and `height`" in browser.text("#form-error")
+    assert browser.js("return document.getElementById('job-view').dataset.jobId") is None, "no job was made"
+    assert browser.js("return document.getElementById('prompt').value") == "The user wants to make the mug red."
+
+
 def test_phone_width_has_no_horizontal_scroll(served: Stack, browser: Browser, photo: Path, shots: Path) -> None:
     with served.client() as http:
         done = wait_job(http, small_job(http)["id"])
