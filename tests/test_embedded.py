@@ -48,6 +48,7 @@ def test_serve_prints_a_working_curl_and_stops_cleanly(tmp_path: Path) -> None:
         submitted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30, check=True)
         job = httpx.Response(202, content=submitted.stdout).json()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert "ChronoEdit playground" in client.get("/").text, "the playground is served too"
             done = wait_job(client, job["id"], timeout=120)
             assert done["status"] == "succeeded", done
             url = done["outputs"]["image"]["url"]

@@ -14,6 +14,7 @@ from service.api.errors import install_error_handlers
 from service.api.observability import observe_requests, scrape_time_registry
 from service.api.openapi import build_openapi
 from service.api.routes import batches, edits, files, health, models, prompts, uploads, webhooks
+from service.api.routes.playground import install_playground
 from service.api.services import Services
 from service.jobs.metrics import init_job_series
 from service.jobs.reconciler import Reconciler
@@ -59,6 +60,7 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     for routes in (edits, batches, prompts, files, health, uploads, models, webhooks):
         app.include_router(routes.router)
     webhooks.document_webhooks(app)
+    install_playground(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -118,7 +118,8 @@ def _print_welcome(base: str, image: Path, logs: Path) -> None:
     )
     print(
         f"\nChronoEdit service ready at {base}  (logs: {logs}; Ctrl-C stops everything)\n\n"
-        f"Submit an edit:\n\n  {submit}\n\n"
+        f"Try it in a browser: {base}/  (the playground)\n\n"
+        f"Or submit an edit:\n\n  {submit}\n\n"
         f"then poll the job (its `outputs.image.url` downloads the PNG):\n\n  curl -s {base}/v1/edits/<id>\n",
         flush=True,
     )
