@@ -5,15 +5,18 @@ Everything runs on loopback and stops by itself: a Redis, local storage, the API
 `--workers` worker processes serving the tiny random model (each job is one denoising step at 16x16, so the run
 measures the service, not the model).
 
-1. Latency: for `--seconds`, submits arrive at `--rate` per second and polls of earlier jobs at `--poll-rate` per
-   second, on a fixed schedule (open loop: a slow answer does not delay the next request, and each latency counts
-   from when the request was due, so a stalled API shows up instead of hiding). p50, p99 and max per request kind.
-2. Throughput: `--jobs` more jobs, submitted as fast as `--concurrency` connections allow by `--tenants` tenants.
+1. Latency, the API alone on the machine (the workers start after it, as in a deployment where they have hosts of
+   their own): at each of `--rates` submits per second, with `--poll-ratio` times as many polls of earlier jobs, for
+   `--seconds`, on a fixed schedule (open loop: a slow answer does not delay the next request, and each latency counts
+   from when the request was due, so a saturated API shows up as growing latency instead of hiding). p50, p99 and
+   max per rate and request kind; the rates stop rising once p99 passes `--saturated-ms`.
+2. Throughput: the workers start; `--jobs` more jobs are submitted as fast as `--concurrency` connections allow by
+   `--tenants` tenants; all of them and those of step 1 run.
 3. Accounting, from the job records: every job `succeeded`, claimed by a worker exactly once (`attempt == 1`), with
    exactly one output file in storage. Lost, failed or duplicated jobs make the exit status 1.
 
-    python bench/load.py --out bench/results/load-2core.json                          # the documented figures
-    python bench/load.py --jobs 120 --workers 3 --seconds 4 --rate 15 --poll-rate 30  # the run in make test
+    python bench/load.py --out bench/results/load_2core.json           # the documented figures
+    python bench/load.py --workers 3 --jobs 200 --rates 10 --seconds 3  # the run in make test
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -72,7 +76,7 @@ class Latencies:
 class Stack:
     """Redis, the API and the workers as child processes of this script, sharing one data folder."""
 
-    def __init__(self, data: Path, workers: int) -> None:
+    def __init__(self, data: Path) -> None:
         from chronoedit_core.tiny import write_tiny_model
 
         self.data = data
@@ -99,12 +103,13 @@ class Stack:
         api = Child("api", python_module("service.cli", "api"), self.env, log=data / "api.log")
         self.children.append(api)
         wait_http(f"{self.base_url}/healthz", api)
+
+    def start_workers(self, workers: int) -> None:
         for index in range(workers):
             # One thread each: the workers share the machine's cores, as GPU workers share nothing but the host.
             env = {**self.env, "CHRONOEDIT_WORKER_NAME": f"load-{index}", "OMP_NUM_THREADS": "1"}
-            self.children.append(
-                Child(f"load-{index}", python_module("service.cli", "worker"), env, log=data / f"w{index}.log")
-            )
+            log = self.data / f"w{index}.log"
+            self.children.append(Child(f"load-{index}", python_module("service.cli", "worker"), env, log=log))
         self._wait_workers(workers)
 
     def _wait_workers(self, count: int, timeout: float = 300) -> None:
@@ -150,7 +155,7 @@ async def timed(latencies: Latencies, due: float, request: Any) -> httpx.Respons
     return response
 
 
-async def latency_phase(
+async def latency_at(
     base_url: str, keys: list[str], rate: float, poll_rate: float, seconds: float
 ) -> tuple[dict[str, Any], list[str]]:
     """Submits at `rate`/s and polls at `poll_rate`/s on a fixed schedule for `seconds`."""
@@ -183,6 +188,23 @@ async def latency_phase(
             tasks.append(asyncio.create_task(action(index, due)))
         await asyncio.gather(*tasks)
     return {"submit": submits.summary(), "poll": polls.summary()}, [job_id for job_id, _ in submitted]
+
+
+def latency_phase(
+    base_url: str, keys: list[str], rates: list[float], poll_ratio: float, seconds: float, saturated_ms: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`latency_at` each rate in turn, until the API saturates."""
+    results: list[dict[str, Any]] = []
+    job_ids: list[str] = []
+    for rate in rates:
+        latency, submitted = asyncio.run(latency_at(base_url, keys, rate, rate * poll_ratio, seconds))
+        results.append({"submits_per_second": rate, "polls_per_second": rate * poll_ratio, **latency})
+        job_ids += submitted
+        print(json.dumps(results[-1]), flush=True)
+        if max(latency["submit"].get("p99_ms", 0), latency["poll"].get("p99_ms", 0)) > saturated_ms:
+            break
+        time.sleep(1.0)
+    return results, job_ids
 
 
 async def throughput_phase(base_url: str, keys: list[str], jobs: int, concurrency: int) -> tuple[list[str], float]:
@@ -245,9 +267,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=4, help="worker processes (each serves one job at a time)")
     parser.add_argument("--tenants", type=int, default=4, help="API keys, one tenant each")
-    parser.add_argument("--rate", type=float, default=50, help="submits per second in the latency phase")
-    parser.add_argument("--poll-rate", type=float, default=200, help="polls per second in the latency phase")
-    parser.add_argument("--seconds", type=float, default=20, help="length of the latency phase")
+    parser.add_argument("--rates", default="5,10,20,40,80", help="submits per second in the latency phase, in turn")
+    parser.add_argument("--poll-ratio", type=float, default=4, help="polls per submit in the latency phase")
+    parser.add_argument("--seconds", type=float, default=15, help="length of the latency phase at each rate")
+    parser.add_argument("--saturated-ms", type=float, default=5000, help="stop raising the rate past this p99")
     parser.add_argument("--jobs", type=int, default=3000, help="jobs of the throughput phase")
     parser.add_argument("--concurrency", type=int, default=16, help="connections submitting in the throughput phase")
     parser.add_argument("--timeout", type=float, default=1800, help="give up waiting for the jobs after this")
@@ -255,12 +278,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data folder (logs) after the run")
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the children are stopped on the way out
     data = Path(tempfile.mkdtemp(prefix="chronoedit-load-"))
-    stack = Stack(data, args.workers)
+    stack = Stack(data)
     try:
         keys = [stack.key(f"tenant-{i}") for i in range(args.tenants)]
-        latency, first = asyncio.run(latency_phase(stack.base_url, keys, args.rate, args.poll_rate, args.seconds))
-        print(json.dumps({"latency": latency}), flush=True)
+        rates = [float(rate) for rate in args.rates.split(",")]
+        latency, first = latency_phase(stack.base_url, keys, rates, args.poll_ratio, args.seconds, args.saturated_ms)
+        stack.start_workers(args.workers)
         started = time.time()
         more, submit_seconds = asyncio.run(throughput_phase(stack.base_url, keys, args.jobs, args.concurrency))
         job_ids = first + more
