@@ -3,13 +3,15 @@
 Builds the real ChronoEdit-14B architecture with random weights directly on the GPU (no weights can be downloaded;
 timing does not depend on weight values), then in one process times, at 1280x720:
   fast edit (8 steps, guidance 1, flow shift 2), standard edit (50 steps, guidance 5), temporal reasoning
-  (29 frames, 8 steps, guidance 1, all steps reasoning);
+  (29 frames, 8 steps, guidance 1, all steps reasoning); and a catalog upscale to 2048x1536 in fast mode (images per
+  hour: the upscaler LoRA changes weights, not the work);
 for the stock pipeline, the runner in eager mode (must equal stock), the runner in its exact fast configuration
 (regional torch.compile + attention backend), and opt-in step caching. Reports seconds end to end, seconds per
 transformer forward, achieved TFLOP/s against a bf16 matmul rate measured in the same run, peak memory, the ratio
 to stock, and each output's deviation from stock's for the same seed.
 
     python bench/gpu_bench.py --out bench/results        # on the GPU machine (see README, Performance)
+    python bench/gpu_bench.py --cases upscale_2k_fast_8step --out bench/results   # one case (stock and exact)
     python bench/gpu_bench.py --tiny                     # smoke run on CPU at toy sizes
 """
 
@@ -60,13 +62,17 @@ class Case:
     guidance: float
     flow_shift: float
     reasoning: bool = False
+    size: tuple[int, int] | None = None
+    """Output size; None: the run's size (1280x720)."""
 
 
 CASES = [
     Case("fast_edit_8step", 8, 1.0, 2.0),
     Case("standard_edit_50step", 50, 5.0, 5.0),
     Case("temporal_reasoning_29f_8step", 8, 1.0, 2.0, reasoning=True),
+    Case("upscale_2k_fast_8step", 8, 1.0, 2.0, size=(2048, 1536)),
 ]
+TINY_SIZES = {"upscale_2k_fast_8step": (96, 64)}
 
 
 def build_real_pipeline(device: str) -> ChronoEditPipeline:
@@ -270,11 +276,14 @@ def main() -> None:
     parser.add_argument(
         "--cache", default="0.05,0.1", help="FirstBlockCache thresholds to try (last one also with FP8)"
     )
+    parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
     size = (64, 48) if args.tiny else (1280, 720)
+    cases = [case for case in CASES if not args.cases or case.name in args.cases.split(",")]
     bench = Bench(device)
     meta: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "size": size}
+    meta["cases"] = [case.name for case in cases]
     started = time.perf_counter()
     pipe = build_tiny_pipeline() if args.tiny else build_real_pipeline(device)
     pipe.to(device)
@@ -285,39 +294,63 @@ def main() -> None:
         meta["matmul_bf16_tflops"] = matmul_rate(device)
         print("meta", json.dumps(meta), flush=True)
     timer = bench.timer = ForwardTimer(pipe.transformer) if device == "cuda" else None
-    image = Image.new("RGB", size, (180, 120, 60))
+
+    def inputs(case: Case) -> tuple[Image.Image, tuple[int, int]]:
+        """The input image and output size: an upscale case starts from an image half its output size."""
+        out = (TINY_SIZES.get(case.name) if args.tiny else case.size) or size
+        source = (out[0] // 2, out[1] // 2) if case.size else out
+        return Image.new("RGB", source, (180, 120, 60)), out
+
     warm = Case("warmup", 2, 1.0, 2.0)
-
     stock: dict[str, np.ndarray] = {}
-    bench.timed("stock/warmup", lambda: run_stock(pipe, warm, image, size), timer)
-    for case in CASES:
-        stock[case.name] = bench.timed(f"stock/{case.name}", lambda c=case: run_stock(pipe, c, image, size), timer)
-
-    eager = EditRunner(pipe)
-    compare(bench, "eager", CASES[0], lambda: run_ours(eager, CASES[0], image, size), stock)
+    bench.timed("stock/warmup", lambda: run_stock(pipe, warm, *inputs(warm)), timer)
+    for case in cases:
+        stock[case.name] = bench.timed(f"stock/{case.name}", lambda c=case: run_stock(pipe, c, *inputs(c)), timer)
+    if CASES[0] in cases:  # the runner without its speed-ups must equal stock
+        eager = EditRunner(pipe)
+        compare(bench, "eager", CASES[0], lambda: run_ours(eager, CASES[0], *inputs(CASES[0])), stock)
 
     backend = None if args.tiny else pick_attention(pipe, args.attention, bench)
     meta["attention_backend"] = backend
     options = RunnerOptions(compile=not args.tiny, attention_backend=backend, fp8=not args.tiny)
     runner = EditRunner(pipe, options)
-    warm_reasoning = Case("warmup_reasoning", 1, 1.0, 2.0, reasoning=True)  # the 29-frame shape compiles too
-    bench.timed("exact/compile_warmup", lambda: run_ours(runner, warm, image, size), timer)
-    bench.timed("exact/compile_warmup_reasoning", lambda: run_ours(runner, warm_reasoning, image, size), timer)
-    for case in CASES:
-        compare(bench, "exact", case, lambda c=case: run_ours(runner, c, image, size), stock)
+    # every shape compiles once before it is timed: one short run per distinct output size and frame count
+    shapes = {(inputs(case)[1], case.reasoning): case for case in cases}
+    for (shape, reasoning), case in shapes.items():
+        label = f"warmup_{shape[0]}x{shape[1]}{'_reasoning' if reasoning else ''}"
+        warm_shape = Case(label, 1, 1.0, 2.0, reasoning, case.size)
+        bench.timed(f"exact/compile_{warm_shape.name}", lambda w=warm_shape: run_ours(runner, w, *inputs(w)), timer)
+    for case in cases:
+        compare(bench, "exact", case, lambda c=case: run_ours(runner, c, *inputs(c)), stock)
+    opt_in_cases = [case for case in cases if case in CASES[:2]]
     modes: list[tuple[str, dict[str, Any]]] = [
         (f"cache{t}", {"step_cache_threshold": float(t)}) for t in args.cache.split(",") if t
     ]
-    if options.fp8:
-        bench.timed("fp8/compile_warmup", lambda: run_ours(runner, warm, image, size, fp8=True), timer)
+    if options.fp8 and opt_in_cases:
+        bench.timed("fp8/compile_warmup", lambda: run_ours(runner, warm, *inputs(warm), fp8=True), timer)
         modes += [
             ("fp8", {"fp8": True}),
             (f"fp8+cache{modes[-1][1]['step_cache_threshold']}", {"fp8": True, **modes[-1][1]}),
         ]
     for label, extra in modes:
-        for case in CASES[:2]:
-            compare(bench, label, case, lambda c=case, e=extra: run_ours(runner, c, image, size, **e), stock)
-    write(Path(args.out), meta, bench.results, args.tiny)
+        for case in opt_in_cases:
+            compare(bench, label, case, lambda c=case, e=extra: run_ours(runner, c, *inputs(c), **e), stock)
+    for case in cases:
+        seconds = bench.results[f"exact/{case.name}"]["s"]
+        bench.results[f"exact/{case.name}"]["images_per_hour"] = 3600 / seconds
+        bench.results[f"stock/{case.name}"]["images_per_hour"] = 3600 / bench.results[f"stock/{case.name}"]["s"]
+    name = "tiny_cpu" if args.tiny else _gpu_label(meta["gpu"])
+    if args.cases:
+        name += "_" + "_".join(case.name for case in cases)
+    write(Path(args.out), name, meta, bench.results, cases)
+
+
+def _gpu_label(gpu: str) -> str:
+    """`h200`, `h100`, ...: the file name of a run's results."""
+    for label in ("H200", "H100", "A100", "L40S"):
+        if label in gpu:
+            return label.lower()
+    return gpu.lower().replace(" ", "_")
 
 
 def pick_attention(pipe: ChronoEditPipeline, choice: str, bench: Bench) -> str | None:
@@ -362,16 +395,16 @@ def pick_attention(pipe: ChronoEditPipeline, choice: str, bench: Bench) -> str |
     return None if best == "native" else best
 
 
-def write(out: Path, meta: dict[str, Any], results: dict[str, Any], tiny: bool) -> None:
+def write(out: Path, name: str, meta: dict[str, Any], results: dict[str, Any], cases: list[Case]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    name = "tiny_cpu" if tiny else "h200"
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    modes = [k.split("/")[0] for k in results if k.endswith(CASES[0].name) and not k.startswith(("stock", "eager"))]
+    modes = list(dict.fromkeys(k.split("/")[0] for k in results if "/" in k and not k.startswith(("stock", "eager"))))
+    modes = [m for m in modes if any(f"{m}/{case.name}" in results for case in cases)]
     lines = [
         "| case | stock s | " + " | ".join(f"{m} s (x, max px dev)" for m in modes) + " |",
         "|---" * (len(modes) + 2) + "|",
     ]
-    for case in CASES:
+    for case in cases:
         base = results[f"stock/{case.name}"]["s"]
         cells = [f"{base:.2f}"] + [_cell(results, f"{m}/{case.name}", base) for m in modes]
         lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
