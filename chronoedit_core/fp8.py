@@ -110,11 +110,11 @@ def supported(device: torch.device) -> bool:
 
 def _targets(blocks: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """Every `nn.Linear` under `blocks` whose sides are multiples of 16, outside LoRA adapters' own matrices (peft's
-    `lora_A` / `lora_B`), with its parent and attribute name."""
+    `lora_A` / `lora_B`) and not already under an `Fp8Linear`, with its parent and attribute name."""
     return [
         (parent, name, child)
         for path, parent in blocks.named_modules()
-        if "lora_" not in path
+        if "lora_" not in path and not isinstance(parent, Fp8Linear)
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0
     ]

@@ -123,6 +123,7 @@ def test_fp8_storage_replaces_the_weights_and_frees_them() -> None:
     before = weight_bytes(blocks)["cpu"]
     freed = sum(m.weight.numel() * 4 - m.weight.numel() - m.out_features * 4 for m in linears.values())
     assert store_linears(blocks, compute=torch.device("cpu"), home="cpu") == len(linears)
+    assert store_linears(blocks, compute=torch.device("cpu"), home="cpu") == 0, "stored layers are not stored again"
     assert weight_bytes(blocks)["cpu"] == before - freed, "float32 weights out, FP8 weights and per-channel scales in"
     stored = dict(blocks.named_modules())
     for name, expected in reference.items():
@@ -141,13 +142,14 @@ def test_fp8_storage_keeps_lora_adapters_working() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
     model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["0", "2"], init_lora_weights=False), model)
     x = torch.randn(3, 32)
-    with_adapter = model(x)
-    assert store_linears(model, compute=torch.device("cpu"), home="cpu") == 2
-    fp8_with = model(x)
-    for layer in model.modules():
-        if isinstance(layer, BaseTunerLayer):
-            layer.enable_adapters(False)
-    fp8_without = model(x)
+    with torch.no_grad():
+        with_adapter = model(x)
+        assert store_linears(model, compute=torch.device("cpu"), home="cpu") == 2
+        fp8_with = model(x)
+        for layer in model.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.enable_adapters(False)
+        fp8_without = model(x)
     assert float((fp8_with - with_adapter).norm() / with_adapter.norm()) < 0.1, "the adapters still add their part"
     assert float((fp8_with - fp8_without).norm() / fp8_with.norm()) > 0.1, "and switching them off still works"
 
