@@ -47,7 +47,10 @@ class CommonSettings(BaseSettings):
         1800.0, gt=0, description="A job still queued this long has its message published again (lost messages)."
     )
     visibility_timeout_seconds: int = Field(
-        6 * 3600, ge=60, description="Redis transport visibility timeout; above the longest job (DESIGN.md)."
+        6 * 3600,
+        ge=1,
+        description="Redis transport visibility timeout: an unacknowledged message is delivered again after it. Keep "
+        "it above the longest job; a shorter one only costs a redelivery that the job's claim drops.",
     )
 
     enhance_timeout_seconds: float = Field(

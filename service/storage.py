@@ -122,7 +122,15 @@ class S3Storage:
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+            # boto3's standard retry mode: throttling, 5xx and connection errors are retried with jittered exponential
+            # backoff (random, under 2^attempt s), 8 attempts in all, before an operation fails (`StorageError`).
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "max_attempts": 8},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
         )
 
     def put(self, key: str, data: bytes, content_type: str) -> None:

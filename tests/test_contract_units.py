@@ -67,3 +67,10 @@ def test_generated_secrets_verify_with_the_library() -> None:
     signature = Webhook(secret).sign("msg_1", now, body)
     headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signature}
     assert Webhook(secret).verify(body, headers) == {"type": "edit.succeeded"}
+
+
+def test_every_code_the_api_can_answer_is_documented() -> None:
+    from service.api.errors import ERROR_CODES, FIELD_CODES, STATUS_CODES
+
+    assert set(FIELD_CODES.values()) <= set(ERROR_CODES), "field errors map to documented codes"
+    assert set(STATUS_CODES.values()) <= set(ERROR_CODES)

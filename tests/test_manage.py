@@ -46,7 +46,8 @@ def test_list_newest_first_with_cursor_and_status_filter(client: httpx.Client, s
 
 
 def test_delete_removes_a_finished_jobs_files(client: httpx.Client, stack: Stack) -> None:
-    job = client.post("/v1/edits", files={"image": ("x.png", PNG, "image/png")}, data=EDIT).json()
+    webhook = {"webhook": "http://127.0.0.1:9/unreachable", "webhook_events": '["succeeded"]'}
+    job = client.post("/v1/edits", files={"image": ("x.png", PNG, "image/png")}, data={**EDIT, **webhook}).json()
     done = wait_job(client, job["id"])
     assert done["expires_at"] > done["finished_at"], "a finished job says when its files expire"
     url = done["outputs"]["image"]["url"]
@@ -54,11 +55,17 @@ def test_delete_removes_a_finished_jobs_files(client: httpx.Client, stack: Stack
     deleted = client.delete(f"/v1/edits/{job['id']}")
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["outputs"] == {} and deleted.json()["files_deleted_at"] is not None
-    assert deleted.json()["expires_at"] is None
+    assert deleted.json()["expires_at"] == done["expires_at"], "the tombstone goes at retention"
     listed = stack.s3().list_objects_v2(Bucket=stack.bucket, Prefix=f"jobs/{job['id']}/")
     assert listed.get("KeyCount", 0) == 0, "inputs and outputs are gone from storage"
     assert httpx.get(url).status_code == 404
     assert client.get(f"/v1/edits/{job['id']}").json()["status"] == "succeeded", "the record stays"
+    for sub in ("deliveries", "events"):
+        gone = client.get(f"/v1/edits/{job['id']}/{sub}")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found", sub
+    prefix = stack.env["CHRONOEDIT_KEY_PREFIX"]
+    assert not stack.redis().exists(f"{prefix}:deliveries:{job['id']}"), "pending deliveries are dropped"
+    assert client.delete(f"/v1/edits/{job['id']}").status_code == 200, "deleting again answers the same"
 
 
 def test_delete_refuses_an_unfinished_job(client: httpx.Client) -> None:
@@ -125,10 +132,13 @@ def test_local_upload_and_retention(local: Stack) -> None:
         assert client.get(url).status_code == 200
 
         deadline = time.monotonic() + 20
-        while client.get(f"/v1/edits/{job['id']}").json()["files_deleted_at"] is None:
-            assert time.monotonic() < deadline, "retention did not delete the files"
+        while client.get(f"/v1/edits/{job['id']}").status_code != 404:
+            assert time.monotonic() < deadline, "retention did not delete the job"
             time.sleep(0.3)
         assert client.get(url).status_code == 404
+        assert job["id"] not in [j["id"] for j in client.get("/v1/edits", params={"limit": 100}).json()["data"]]
+        prefix = local.env["CHRONOEDIT_KEY_PREFIX"]
+        assert not local.redis().exists(f"{prefix}:job:{job['id']}", f"{prefix}:deliveries:{job['id']}")
         assert not (folder / "jobs" / job["id"]).exists() or not any((folder / "jobs" / job["id"]).rglob("*.*"))
         deadline = time.monotonic() + 20
         while (folder / upload["input_key"] / "image").exists():

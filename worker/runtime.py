@@ -11,14 +11,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import diffusers
 import redis
 import torch
 from PIL import Image
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from chronoedit_core.encoding import encode_mp4, encode_png
 from chronoedit_core.errors import ChronoEditError
@@ -61,6 +62,10 @@ from worker.reuse import OutputReuse
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+"""What Redis raises while it restarts or is out of reach."""
+T = TypeVar("T")
 
 
 EncodedFile = tuple[str, bytes, str, tuple[int, int]]
@@ -227,7 +232,9 @@ class WorkerRuntime:
 
     def execute(self, job_id: str) -> None:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
-        job = self.store.claim(job_id, self.settings.worker_name, batch_canceled=self._in_canceled_batch(job_id))
+        job = self._durably(
+            lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self._in_canceled_batch(job_id))
+        )
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
             return
@@ -240,7 +247,9 @@ class WorkerRuntime:
             reused = self.reuse.reuse(job, key) if key is not None else None
             outputs, source = reused if reused is not None else (self._run(job), None)
             ran_with = self._ran_with(job, ran_here=source is None)
-            if not self.store.succeed(job_id, job.attempt, outputs, ran_with, cached_from=source):
+            if not self._durably(
+                lambda: self.store.succeed(job_id, job.attempt, outputs, ran_with, cached_from=source)
+            ):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
             else:
@@ -249,7 +258,8 @@ class WorkerRuntime:
                     self.reuse.remember(job, key, outputs)
         except EditStopped as exc:
             logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
-            self.store.finish_canceled(job_id, job.attempt, exc.steps_done)
+            steps = exc.steps_done
+            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps))
         except JobFailed as exc:
             self._fail(job, exc.code, exc.message)
         except Exception as exc:
@@ -273,6 +283,18 @@ class WorkerRuntime:
             "service": SERVICE_VERSION,
         }
 
+    def _durably(self, write: Callable[[], T]) -> T:
+        """A job-record write that a Redis restart must not lose: retried with backoff for up to one lease (after
+        that the lease has expired anyway and the job is someone else's to run)."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(REDIS_DOWN),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            stop=stop_after_delay(self.settings.lease_seconds),
+            before_sleep=lambda state: logger.warning("Redis unreachable; retrying (attempt %d)", state.attempt_number),
+            reraise=True,
+        )
+        return retrying(write)
+
     def _in_canceled_batch(self, job_id: str) -> bool:
         """Whether the job is an item of a canceled batch (its cancel may have stopped before reaching this item)."""
         job = self.store.get(job_id)
@@ -280,7 +302,7 @@ class WorkerRuntime:
 
     def _fail(self, job: JobRecord, code: str, message: str) -> None:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
-        self.store.fail(job.id, job.attempt, code, message)
+        self._durably(lambda: self.store.fail(job.id, job.attempt, code, message))
 
     def _ran_with(self, job: JobRecord, ran_here: bool) -> RanWith:
         """The weights and numerics: `dtype` is the transformer's matrix multiplies (FP8 when the job asked for it or
@@ -312,8 +334,14 @@ class WorkerRuntime:
             return self._upload(job, files)
 
     def _stage(self, job: JobRecord, stage: Stage) -> None:
-        """Record the stage; a cancel asked for in between stops the job here."""
-        if not self.store.set_stage(job.id, job.attempt, stage):
+        """Record the stage; a cancel asked for in between stops the job here. While Redis is unreachable the stage
+        goes unrecorded and the job carries on (as progress does)."""
+        try:
+            current = self.store.set_stage(job.id, job.attempt, stage)
+        except REDIS_DOWN as exc:
+            logger.warning("job %s: stage %s not recorded (%s); carrying on", job.id, stage, exc)
+            return
+        if not current:
             raise EditStopped(self._steps_done(job))
 
     def _steps_done(self, job: JobRecord) -> int:
@@ -326,7 +354,7 @@ class WorkerRuntime:
         except ObjectNotFound as exc:
             raise JobFailed("input_missing", "the job's input image is no longer in storage") from exc
         except StorageError as exc:
-            raise JobFailed("storage_error", f"reading the input failed: {exc}") from exc
+            raise JobFailed("storage_unavailable", f"reading the input failed: {exc}") from exc
         try:
             return decode_image(data, ImageLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)).image
         except ChronoEditError as exc:
@@ -349,7 +377,11 @@ class WorkerRuntime:
 
         def on_step(step: int, total: int) -> bool:
             step_timer(step, total)
-            return self.store.set_progress(job.id, job.attempt, step, total)
+            try:
+                return self.store.set_progress(job.id, job.attempt, step, total)
+            except REDIS_DOWN as exc:  # progress is news, not state: denoising goes on while Redis restarts
+                logger.warning("job %s: progress not recorded (%s); carrying on", job.id, exc)
+                return True
 
         try:
             latents = self.denoise(request, p.loras, prepare_image(image, p.width, p.height), on_step=on_step)
@@ -384,7 +416,7 @@ class WorkerRuntime:
             try:
                 self.storage.put(key, data, content_type)
             except StorageError as exc:
-                raise JobFailed("storage_error", f"writing the {name} output failed: {exc}") from exc
+                raise JobFailed("storage_unavailable", f"writing the {name} output failed: {exc}") from exc
             stored[name] = StoredFile(key=key, content_type=content_type, width=width, height=height, bytes=len(data))
         return stored
 

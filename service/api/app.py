@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
+from service.api.batch_intake import ITEM_BYTES
+from service.api.body_limit import BodyLimit, largest_body
 from service.api.errors import install_error_handlers
 from service.api.observability import observe_requests, scrape_time_registry
 from service.api.openapi import build_openapi
@@ -48,6 +50,10 @@ def create_app(settings: ApiSettings | None = None, jobs: JobSystem | None = Non
     app.state.settings = settings
     install_error_handlers(app)
     init_job_series()
+    # Middleware added later wraps what was added before. The body limit is innermost: it raises into the route that
+    # reads the body, where the error handlers answer it (the HTTP middlewares run `receive` in task groups).
+    batch_bytes = settings.max_batch_items * ITEM_BYTES
+    app.add_middleware(BodyLimit, limit=largest_body(settings.max_image_bytes, batch_bytes))
     app.middleware("http")(observe_requests)  # inside _request_id, so it sees the request id
     app.middleware("http")(_request_id)
     for routes in (edits, batches, prompts, files, health, uploads, models, webhooks):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
@@ -110,19 +110,30 @@ class BatchDefaults(BaseModel):
     )
 
 
+ItemOrAnything = BatchItemCreate | Any
+"""What an entry of `items` may be: a `BatchItemCreate`, or anything else, which the answer reports as `rejected`
+(items are validated one by one, so an invalid one never refuses the request)."""
+
+
 class BatchCreate(BatchDefaults):
     """`POST /v1/batches`: shared parameters and the first items. Each item is validated on its own: invalid ones
     are reported in the answer and the others still run."""
 
-    items: list[BatchItemCreate] = Field(
-        default_factory=list, description="The items (up to the server's `CHRONOEDIT_MAX_BATCH_ITEMS` per request)."
+    items: list[ItemOrAnything] = Field(
+        default_factory=list,
+        description="The items (up to the server's `CHRONOEDIT_MAX_BATCH_ITEMS` per request), each a "
+        "`BatchItemCreate`; an entry that is not one is answered `rejected` with its error.",
     )
 
 
 class BatchItemsAppend(BaseModel):
     """`POST /v1/batches/{id}/items`: more items for an open batch."""
 
-    items: list[BatchItemCreate]
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemOrAnything] = Field(
+        description="Each a `BatchItemCreate`; an entry that is not one is answered `rejected` with its error."
+    )
 
 
 class BatchItemResult(BaseModel):

@@ -7,13 +7,15 @@ carrying the request id, so it can be found in the logs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from chronoedit_core.errors import ChronoEditError, ImageTooLargeError, UnsupportedImageFormatError
 
@@ -47,6 +49,7 @@ FIELD_CODES = {
     "height": "invalid_size",
     "image_url": "invalid_image_url",
     "image_base64": "invalid_image",
+    "idempotency-key": "invalid_idempotency_key",
 }
 """Validation errors on these fields get a more precise code than the generic `invalid_parameter`."""
 
@@ -69,12 +72,29 @@ def error_response(request: Request, status: int, code: str, message: str, detai
 def validation_error(errors: Sequence[Any]) -> ApiError:
     """Turn pydantic errors into one `ApiError` whose code names the first offending field's kind."""
     details = [
-        {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query")), "message": err["msg"]}
+        {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "header")), "message": err["msg"]}
         for err in errors
     ]
     first = details[0]["field"].split(".")[0] if details else ""
     message = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details)
     return ApiError(422, FIELD_CODES.get(first, "invalid_parameter"), message, details)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's (Starlette's 405 names only the first route)."""
+    methods: set[str] = set()
+    for route in _every_route(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def _every_route(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Routes, with those of included routers (FastAPI keeps them nested) in their place."""
+    for route in routes:
+        nested = getattr(route, "original_router", None)
+        yield from _every_route(nested.routes) if nested is not None else (route,)
 
 
 def core_error_status(exc: ChronoEditError) -> int:
@@ -104,7 +124,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail))
+        response = error_response(request, exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: `Allow` lists every method the path takes, across all its routes
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("request %s: Redis unreachable: %s", request_id(request), exc)
+        response = error_response(request, 503, "store_unavailable", "the job store is unreachable; retry shortly")
+        response.headers[RETRY_AFTER_HEADER] = "5"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -134,6 +166,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_prompt": (422, "empty, blank or overlong prompt"),
     "invalid_size": (422, "bad width/height"),
     "invalid_parameter": (422, "any other field out of range or unknown"),
+    "invalid_image_url": (422, "`image_url` is not an http(s) URL"),
     "missing_image": (422, "not exactly one image source"),
     "reasoning_with_distill": (422, "temporal reasoning asked for in `fast` mode (the distill LoRA)"),
     "invalid_cursor": (422, "a list cursor this API did not return"),
@@ -149,6 +182,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http_error": (400, "any other HTTP-level refusal"),
     "internal_error": (500, "a bug; quote the request id"),
     "storage_unavailable": (503, "object storage failed; retry"),
+    "store_unavailable": (503, "the job store (Redis) is unreachable; retry after Retry-After"),
     "enhancer_unavailable": (503, "no prompt enhancer is running, or it failed or did not answer in time"),
 }
 """Every stable error `code` with its HTTP status; documented in the OpenAPI document (`ErrorBody.code`)."""

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from service.api.errors import ApiError, validation_error
 from service.api.schemas import EditCreate
-from service.netguard import AddressForbidden, UnresolvableHost, check_public_host
+from service.netguard import AddressForbidden, UnresolvableHost, check_public_host, pinned
 from service.settings import ApiSettings
 
 LIST_FIELDS = {"outputs", "webhook_events"}
@@ -81,6 +81,8 @@ async def read_json_object(request: Request, limit: int, too_large: str = "paylo
         body = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the parser recurses per level; thousands of `[` exhaust the stack
+        raise ApiError(400, "invalid_json", "the body nests arrays or objects too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_parameter", "the JSON body must be an object")
     return body
@@ -110,15 +112,17 @@ def decode_base64(text: str, max_bytes: int, field: str = "image_base64") -> byt
 async def fetch_image(url: str, settings: ApiSettings) -> bytes:
     """GET `url` with a byte cap and a timeout, refusing private/loopback targets unless allow-listed.
 
-    Redirects are not followed (each hop would need the same address check).
+    Redirects are not followed (each hop would need the same address check), and the connection goes to the
+    address that was checked (`service/netguard.py`).
     """
     host = urlsplit(url).hostname or ""
-    await run_in_threadpool(_check_public, host, settings.fetch_allow_hosts)  # DNS must not block the event loop
+    address = await run_in_threadpool(_check_public, host, settings.fetch_allow_hosts)  # DNS off the event loop
+    target = pinned(url, address)
     limit = settings.max_image_bytes
     try:
         async with (
             httpx.AsyncClient(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client,
-            client.stream("GET", url) as response,
+            client.stream("GET", target.url, headers=target.headers, extensions=target.extensions) as response,
         ):
             if response.status_code != 200:
                 raise ApiError(400, "image_fetch_failed", f"GET {url} answered {response.status_code}")
@@ -132,9 +136,9 @@ async def fetch_image(url: str, settings: ApiSettings) -> bytes:
         raise ApiError(400, "image_fetch_failed", f"GET {url} failed: {exc.__class__.__name__}") from exc
 
 
-def _check_public(host: str, allow_hosts: list[str]) -> None:
+def _check_public(host: str, allow_hosts: list[str]) -> str:
     try:
-        check_public_host(host, allow_hosts)
+        return check_public_host(host, allow_hosts)
     except UnresolvableHost as exc:
         raise ApiError(400, "image_fetch_failed", str(exc)) from exc
     except AddressForbidden as exc:

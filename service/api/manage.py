@@ -100,28 +100,38 @@ class JobManager:
         changed = self.jobs.store.request_cancel(job_id)
         return changed or self.owned(tenant, job_id)
 
-    def delete_files(self, tenant: str, job_id: str) -> JobRecord:
+    def live(self, tenant: str, job_id: str) -> JobRecord:
+        """`owned`, and not deleted: a deleted job's events and deliveries are gone with it (404)."""
+        job = self.owned(tenant, job_id)
+        if job.deleted_at is not None:
+            raise ApiError(404, "not_found", f"edit {job_id} was deleted")
+        return job
+
+    def delete(self, tenant: str, job_id: str) -> JobRecord:
+        """Delete a finished job's files and webhook deliveries; the record stays as a tombstone until retention."""
         job = self.owned(tenant, job_id)
         if not job.status.is_terminal():
             raise ApiError(409, "job_not_finished", f"edit {job_id} is {job.status}; only finished jobs are deleted")
-        return self._delete_files(job)
+        self._delete_files(job)
+        self.jobs.store.forget_deliveries(job.id)
 
-    def _delete_files(self, job: JobRecord) -> JobRecord:
+        def transition(current: JobRecord) -> JobRecord | None:
+            if current.deleted_at is not None:
+                return None
+            now = time.time()
+            return current.model_copy(update={"outputs": {}, "files_deleted_at": now, "deleted_at": now})
+
+        return self.jobs.store.update(job.id, transition) or self.jobs.get(job.id) or job
+
+    def _delete_files(self, job: JobRecord) -> None:
         try:
             self.jobs.storage.delete_prefix(f"jobs/{job.id}/")
         except StorageError as exc:
             raise ApiError(503, "storage_unavailable", f"deleting the files failed: {exc}") from exc
-        self.jobs.redis.zrem(self.keys.finished, job.id)
-
-        def transition(current: JobRecord) -> JobRecord | None:
-            if current.files_deleted_at is not None:
-                return None
-            return current.model_copy(update={"outputs": {}, "files_deleted_at": time.time()})
-
-        return self.jobs.store.update(job.id, transition) or self.jobs.get(job.id) or job
 
     def sweep(self, uploads: Uploads) -> int:
-        """Delete the files of jobs that finished more than the retention ago, and expired uploads."""
+        """Remove jobs that finished more than the retention ago (their files, record, deliveries and index
+        entries), and expired uploads."""
         before = time.time() - self.retention
         ids = cast(list[bytes], self.jobs.redis.zrangebyscore(self.keys.finished, "-inf", before, start=0, num=200))
         for raw in ids:
@@ -133,6 +143,8 @@ class JobManager:
                 self._delete_files(job)
             except ApiError:
                 logger.warning("retention: deleting the files of %s failed; retrying next pass", job.id)
+                continue
+            self.jobs.store.forget(job)
         for input_key in uploads.expired(before):
             self.jobs.storage.delete_prefix(input_key + "/")
             uploads.forget(input_key)

@@ -110,7 +110,7 @@ class EditCreate(BaseModel):
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0].startswith("["):
             try:
                 return json.loads(value[0])
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise ValueError("`outputs` is not a valid JSON array") from exc
         return value
 

@@ -42,6 +42,10 @@ def make_celery(settings: CommonSettings, name: str = "chronoedit") -> Celery:
         task_ignore_result=True,  # the job record is the source of truth, not the result backend
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_seconds,
+            # Look for messages whose worker vanished (unacknowledged past the visibility timeout) every few seconds,
+            # not kombu's default of about every 100 s, so they come back soon after their timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 2)),
+            "unacked_restore_throttle": 1,
             # A worker polls its queues in the order it lists them, always from the first: interactive edits are
             # taken before batch items, whatever waits in the batch lane.
             "queue_order_strategy": "priority",

@@ -148,7 +148,10 @@ class JobRecord(BaseModel):
     progress_event_at: float | None = None
     """When the last `progress` webhook was emitted; they are throttled (see `service/jobs/events.py`)."""
     files_deleted_at: float | None = None
-    """When the job's inputs and outputs were deleted (by `DELETE` or by retention)."""
+    """When the job's inputs and outputs were deleted (by `DELETE`)."""
+    deleted_at: float | None = None
+    """When a client deleted the job: its files and deliveries are gone, the record stays as a tombstone (its
+    events and deliveries answer 404) until the retention removes it too."""
     cancel_requested_at: float | None = None
     """Set by `POST /v1/edits/{id}/cancel` on a running job; its worker stops at the next denoising step."""
     ran_with: RanWith | None = None

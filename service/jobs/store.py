@@ -284,6 +284,31 @@ class JobStore:
         )
         return [member.decode() for member in members]
 
+    def forget(self, job: JobRecord) -> None:
+        """Remove the record with everything kept about it: its webhook deliveries and its index entries (the
+        retention's last step, after its files)."""
+        deliveries = self.keys.deliveries(job.id)
+        delivery_ids = [d.decode() for d in cast(list[bytes], self.client.hkeys(deliveries))]
+        with self.client.pipeline() as pipe:
+            pipe.delete(self._key(job.id), deliveries)
+            if delivery_ids:
+                pipe.zrem(self.keys.webhooks_due, *(f"{job.id}/{d}" for d in delivery_ids))
+            for index in (self.keys.tenant_jobs(job.tenant), self.keys.finished, self.keys.queued, self._leases):
+                pipe.zrem(index, job.id)
+            pipe.zrem(self._published, job.id)
+            pipe.zrem(self.keys.active(events.owner(job)), job.id)
+            pipe.execute()
+
+    def forget_deliveries(self, job_id: str) -> None:
+        """Drop a job's webhook deliveries, pending ones included (a deleted job tells nobody anything more)."""
+        deliveries = self.keys.deliveries(job_id)
+        delivery_ids = [d.decode() for d in cast(list[bytes], self.client.hkeys(deliveries))]
+        with self.client.pipeline() as pipe:
+            pipe.delete(deliveries)
+            if delivery_ids:
+                pipe.zrem(self.keys.webhooks_due, *(f"{job_id}/{d}" for d in delivery_ids))
+            pipe.execute()
+
     def stale_queued(self, older_than_seconds: float) -> list[str]:
         """Jobs queued (or last re-published) longer ago than this: their message may be lost."""
         members = cast(

@@ -106,8 +106,10 @@ class JobView(BaseModel):
     eta_seconds: float | None = Field(
         None, description="While queued: estimated seconds until it finishes, from recent jobs of the same profile."
     )
-    expires_at: datetime | None = Field(None, description="When the input and outputs of a finished job are deleted.")
-    files_deleted_at: datetime | None = Field(None, description="When its files were deleted (DELETE or retention).")
+    expires_at: datetime | None = Field(
+        None, description="When a finished job is deleted with its input, outputs and webhook deliveries (retention)."
+    )
+    files_deleted_at: datetime | None = Field(None, description="When its files were deleted (`DELETE`).")
     webhook: str | None = None
     webhook_events: list[EventType] = Field(default_factory=list)
     cancel_requested_at: datetime | None = Field(None, description="When a cancel was asked for a running job.")
@@ -229,7 +231,7 @@ def render_batch(batch: BatchRecord, counts: BatchCounts, retention: int | None 
 
 
 def _expires_at(job: JobRecord, retention: int | None) -> datetime | None:
-    if retention is None or job.finished_at is None or job.files_deleted_at is not None:
+    if retention is None or job.finished_at is None:
         return None
     return timestamp(job.finished_at + retention)
 

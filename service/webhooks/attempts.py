@@ -23,7 +23,7 @@ from service.jobs.record import JobRecord
 from service.jobs.view import render_batch, render_job
 from service.keys import KeyStore
 from service.metrics import WebhookOutcome, record_webhook_delivery
-from service.netguard import AddressForbidden, UnresolvableHost, check_public_host
+from service.netguard import AddressForbidden, UnresolvableHost, check_public_host, pinned
 from service.settings import ApiSettings
 from service.storage import Storage
 from service.webhooks.deliveries import Deliveries
@@ -37,14 +37,15 @@ class WebhookUrlError(Exception):
     """A webhook URL the service must not call."""
 
 
-def check_webhook_url(url: str, allow_hosts: list[str]) -> None:
-    """https only (http only for allow-listed hosts), and no non-public address unless allow-listed."""
+def check_webhook_url(url: str, allow_hosts: list[str]) -> str:
+    """https only (http only for allow-listed hosts), and no non-public address unless allow-listed; returns the
+    checked address, the one to connect to."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme != "https" and not (parts.scheme == "http" and host in allow_hosts):
         raise WebhookUrlError("a webhook URL must be https")
     try:
-        check_public_host(host, allow_hosts)
+        return check_public_host(host, allow_hosts)
     except (AddressForbidden, UnresolvableHost) as exc:
         raise WebhookUrlError(str(exc)) from exc
 
@@ -136,7 +137,7 @@ class Deliverer:
         if secret is None:
             return None, "no webhook secret: the job's API key is gone and no default secret is set"
         try:
-            check_webhook_url(delivery["url"], self.settings.webhook_allow_hosts)
+            target = pinned(delivery["url"], check_webhook_url(delivery["url"], self.settings.webhook_allow_hosts))
         except WebhookUrlError as exc:
             return None, f"{REFUSED}{exc}"
         now = datetime.now(tz=UTC)
@@ -149,7 +150,12 @@ class Deliverer:
         }
         try:
             with httpx.Client(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
-                response = client.post(delivery["url"], content=delivery["body"].encode(), headers=headers)
+                response = client.post(
+                    target.url,
+                    content=delivery["body"].encode(),
+                    headers={**headers, **target.headers},
+                    extensions=target.extensions,
+                )
         except httpx.HTTPError as exc:
             return None, f"{exc.__class__.__name__}: {exc}"[:300]
         return response.status_code, None if response.is_success else f"answered {response.status_code}"

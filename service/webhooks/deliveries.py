@@ -25,6 +25,15 @@ return due
 """Atomically take the due deliveries and push them a lease into the future: if the dispatcher dies before the task
 runs, the delivery comes due again after the lease instead of being lost."""
 
+SAVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[3]) else redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
+return 1
+"""
+"""Update a delivery that still exists: an attempt that finishes after its job was deleted (and its deliveries
+dropped) must not bring the record back."""
+
 
 class Deliveries:
     """Delivery records and the due-time schedule."""
@@ -33,6 +42,7 @@ class Deliveries:
         self.client = client
         self.keys = keys
         self._claim = client.register_script(CLAIM_DUE)
+        self._save = client.register_script(SAVE)
 
     def for_subject(self, subject_id: str) -> list[dict[str, Any]]:
         """The deliveries of a job or a batch, oldest first."""
@@ -43,16 +53,13 @@ class Deliveries:
         raw = self.client.hget(self.keys.deliveries(subject_id), delivery_id)
         return _current(json.loads(cast(bytes, raw))) if raw is not None else None
 
-    def save(self, delivery: dict[str, Any], due_at: float | None) -> None:
-        """Store the record; schedule it at `due_at`, or take it off the schedule when None."""
+    def save(self, delivery: dict[str, Any], due_at: float | None) -> bool:
+        """Update the record; schedule it at `due_at`, or take it off the schedule when None. False (and nothing
+        written) when the delivery was dropped meanwhile."""
         member = f"{delivery['subject_id']}/{delivery['id']}"
-        with self.client.pipeline() as pipe:
-            pipe.hset(self.keys.deliveries(delivery["subject_id"]), delivery["id"], json.dumps(delivery))
-            if due_at is None:
-                pipe.zrem(self.keys.webhooks_due, member)
-            else:
-                pipe.zadd(self.keys.webhooks_due, {member: due_at})
-            pipe.execute()
+        keys = [self.keys.deliveries(delivery["subject_id"]), self.keys.webhooks_due]
+        due = "" if due_at is None else repr(due_at)
+        return bool(self._save(keys=keys, args=[delivery["id"], json.dumps(delivery), member, due]))
 
     def redeliver(self, delivery: dict[str, Any]) -> dict[str, Any]:
         """Back to `pending`, due now, with a fresh retry schedule; the id (and so `webhook-id`) stays."""

@@ -19,13 +19,26 @@ from service.jobs.view import JobView
 
 router = APIRouter()
 
+SSE_EVENT: dict[str, Any] = {
+    "description": "One server-sent event (Open API 3.1 describes a stream's events one at a time).",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "started", "progress", "succeeded", "failed", "canceled"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/JobView"},
+        },
+    },
+}
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`text/event-stream`: one event per change. `event:` is the event type (`queued`, `started`, "
         "`progress`, `succeeded`, `failed`, `canceled`), `data:` the job as `GET /v1/edits/{id}` shows it. The first "
         "event is the current state; the stream closes after the terminal event. Comments (`: keepalive`) keep "
         "idle connections open.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     },
     **AUTH_ERRORS,
 }
@@ -132,7 +145,7 @@ def cancel_edit(job_id: str, request: Request, caller: Caller, services: Service
     tags=["edits"],
 )
 def delete_edit(job_id: str, request: Request, caller: Caller, services: ServicesDep) -> JobView:
-    job = services.manager.delete_files(caller.tenant, job_id)
+    job = services.manager.delete(caller.tenant, job_id)
     return services.manager.view(job, str(request.base_url))
 
 
@@ -144,7 +157,7 @@ def delete_edit(job_id: str, request: Request, caller: Caller, services: Service
     tags=["edits"],
 )
 async def edit_events(job_id: str, request: Request, caller: Caller, services: ServicesDep) -> StreamingResponse:
-    await run_in_threadpool(services.manager.owned, caller.tenant, job_id)
+    await run_in_threadpool(services.manager.live, caller.tenant, job_id)
     base = str(request.base_url)
 
     async def stream() -> AsyncIterator[str]:

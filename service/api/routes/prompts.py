@@ -21,7 +21,7 @@ PROMPT_REQUEST_BODY = {
                 "required": ["image", "prompt"],
                 "properties": {
                     "image": {"type": "string", "format": "binary", "description": "The image file."},
-                    "prompt": {"type": "string"},
+                    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
                     "kind": {"type": "string", "enum": ["edit", "sketch"]},
                 },
             }

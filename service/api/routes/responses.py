@@ -23,5 +23,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 """The error statuses documented on submitting, getting an edit and downloading a file."""
 
 IdempotencyKey = Annotated[
-    str | None, Header(description="Replays the first response for the same key and request (kept 24 h).")
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        description="Replays the first response for the same key and request (kept 24 h).",
+    ),
 ]

@@ -56,7 +56,7 @@ def document_webhooks(app: FastAPI) -> None:
     tags=["webhooks"],
 )
 def list_deliveries(job_id: str, caller: Caller, services: ServicesDep) -> DeliveryList:
-    services.manager.owned(caller.tenant, job_id)
+    services.manager.live(caller.tenant, job_id)
     return DeliveryList(data=[_delivery(d) for d in services.deliveries.for_subject(job_id)])
 
 
@@ -69,7 +69,7 @@ def list_deliveries(job_id: str, caller: Caller, services: ServicesDep) -> Deliv
     tags=["webhooks"],
 )
 def retry_delivery(job_id: str, delivery_id: str, caller: Caller, services: ServicesDep) -> Delivery:
-    services.manager.owned(caller.tenant, job_id)
+    services.manager.live(caller.tenant, job_id)
     delivery = services.deliveries.get(job_id, delivery_id)
     if delivery is None:
         raise not_found(f"delivery {delivery_id}")
