@@ -37,6 +37,7 @@ from chronoedit_core.placement import place, store_fp8
 from chronoedit_core.presets import CACHED_PROMPTS
 from chronoedit_core.profiles import PROFILES, MemoryProfile
 from chronoedit_core.prompts import PromptCache
+from chronoedit_core.sizing import Size
 
 EDIT_FRAMES = 5
 """Without temporal reasoning the pipeline always renders 5 frames (2 latent frames): input ... edit."""
@@ -254,6 +255,14 @@ class EditRunner:
         if self.device.type != "cuda":
             return None
         return memory.max_area(self.profile, frames, memory.available_bytes(self.device))
+
+    def fitting_size(self, width: int, height: int, frames: int = EDIT_FRAMES) -> Size | None:
+        """`width` x `height` when this worker admits it now, else the largest size at that aspect ratio it admits
+        (None when not even the smallest fits)."""
+        area = self.max_area(frames)
+        if area is None or width * height <= area:
+            return Size(width, height)
+        return memory.largest_size(width, height, area)
 
     def _predict(self, call: dict[str, Any], embeds: dict[Branch, torch.Tensor | None], branch: Branch) -> torch.Tensor:
         """One transformer pass of the current step, inside the cache context the step cache keys its state by."""

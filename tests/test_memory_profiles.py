@@ -25,6 +25,7 @@ from chronoedit_core.placement import ALIGN, pack, resolve_profile, streamed, we
 from chronoedit_core.presets import CACHED_PROMPTS
 from chronoedit_core.profiles import DECODE, DENOISE, MARGIN, PROFILES, GiB, pick, profile_named
 from chronoedit_core.runner import EditRequest, EditRunner, RunnerOptions
+from chronoedit_core.sizing import Size
 from chronoedit_core.tiny import build_tiny_pipeline
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -105,6 +106,18 @@ def test_max_area_is_the_edge_of_what_admission_takes() -> None:
             plan(profile, side, side, frames, budget)  # a square within the area is admitted
             with pytest.raises(TooLargeForDevice):
                 plan(profile, side + 32, side + 32, frames, budget)
+
+
+def test_a_runner_names_the_largest_size_it_admits_at_an_aspect_ratio() -> None:
+    class Capped(EditRunner):
+        def max_area(self, frames: int) -> int | None:
+            return 640 * 368 if frames == 5 else 0
+
+    runner = Capped(build_tiny_pipeline())
+    assert runner.fitting_size(640, 368) == Size(640, 368), "what is admitted stays as it is"
+    assert runner.fitting_size(1280, 720) == Size(640, 352), "16:9, on the 16-pixel grid, within the area"
+    assert runner.fitting_size(1280, 720, frames=29) is None
+    assert EditRunner(build_tiny_pipeline()).fitting_size(4096, 4096) == Size(4096, 4096), "off the GPU: no cap"
 
 
 def test_a_streamed_text_encoder_needs_room_to_stream_in() -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from chronoedit_core.encoding import encode_mp4, encode_png
-from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.errors import ChronoEditError, ModelLoadError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.loras import LoraSet
@@ -157,19 +157,30 @@ class WorkerRuntime:
 
     def _warm_up(self) -> None:
         """Encode the prompts every worker keeps; with compilation on, pay it now rather than in the first job: one
-        step at 1280x720 compiles the shape-generic graph every later size and frame count reuses. Then measure the
-        largest sizes the memory profile admits, for `GET /v1/models`."""
+        step at 1280x720 (or the largest size the memory profile admits below it) compiles the shape-generic graph
+        every later size and frame count reuses. Then measure the largest sizes the profile admits, for
+        `GET /v1/models`."""
         runner = self.runner
         assert runner is not None
         runner.prompts.preload(CACHED_PROMPTS, runner.device)
-        if runner.options.compile:
-            started = time.monotonic()
-            request = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
-            for warm in (request, replace(request, fp8=True)) if runner.options.fp8 else (request,):
-                runner.decode(self.denoise(warm, [], Image.new("RGB", (1280, 720))), temporal_reasoning=False)
-            logger.info("compiled and warmed up in %.1f s", time.monotonic() - started)
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()
+        size = runner.fitting_size(1280, 720)
+        if size is None:
+            raise ModelLoadError(
+                f"memory profile {runner.profile.name!r} leaves no room for an edit on this GPU; pick one that streams "
+                "more from host memory (CHRONOEDIT_MEMORY_PROFILE) or give the worker more GPU memory"
+            )
+        if runner.options.compile:
+            started = time.monotonic()
+            request = EditRequest(prompt="warm-up", width=size.width, height=size.height, seed=0, num_inference_steps=1)
+            image = Image.new("RGB", (size.width, size.height))
+            for warm in (request, replace(request, fp8=True)) if runner.options.fp8 else (request,):
+                runner.decode(self.denoise(warm, [], image), temporal_reasoning=False)
+            seconds = time.monotonic() - started
+            logger.info("compiled and warmed up in %.1f s at %dx%d", seconds, size.width, size.height)
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
         self.capacity = {"max_area": runner.max_area(5), "max_reasoning_area": runner.max_area(29)}
 
     def stop(self) -> None:
