@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import httpx
 import numpy as np
@@ -40,9 +41,17 @@ def profiles(make_stack) -> Stack:
             env={"CHRONOEDIT_MEMORY_PROFILE": "fp8-resident", "CHRONOEDIT_QUEUES": '["reasoning"]'},
         ),
     }
-    for name, worker in workers.items():
-        stack.wait_worker_ready(name, worker)
+    deadline = time.monotonic() + 180
+    while not all(name in ready_workers(stack) for name in workers):  # both load at once: wait for each by name
+        assert time.monotonic() < deadline, "workers not ready"
+        for name, worker in workers.items():
+            assert worker.alive(), f"worker {name} died; log:\n{stack.log(name)}"
+        time.sleep(0.3)
     return stack
+
+
+def ready_workers(stack: Stack) -> set[str]:
+    return {w["name"] for w in stack.registered_workers() if w.get("ready")}
 
 
 def models(client: httpx.Client) -> dict[str, dict]:
