@@ -144,7 +144,8 @@ def compare(model: Path, image: bytes, summary: dict[str, Any]) -> None:
     from chronoedit_core.loading import Placement, load_pipeline
     from chronoedit_core.runner import EditRequest, EditRunner
     from service.jobs.record import EditParams
-    from worker.runtime import edit_request, runner_options
+    from worker.model import runner_options
+    from worker.runtime import edit_request
     from worker.settings import WorkerSettings
 
     placement = Placement.resolve("cuda:0" if torch.cuda.is_available() else "cpu")  # CPU: a check of the script

@@ -2,6 +2,10 @@
 
 On a GPU the transformer and text encoder run in bfloat16 while the VAE and the CLIP image encoder stay in float32,
 as in NVIDIA's examples; on a CPU everything is float32. Nothing is ever fetched from a model hub.
+
+A memory profile decides where each component lands: straight on the GPU when the profile keeps it there as loaded,
+in host memory when it is streamed in or first converted to FP8 (so a 24 GB card never holds the bf16 transformer).
+The runner then finishes the placement (`chronoedit_core/placement.py`) once the LoRA adapters are loaded.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKLWan, ChronoEditPipeline
-from transformers import CLIPVisionModel
+from diffusers import AutoencoderKLWan, ChronoEditPipeline, ChronoEditTransformer3DModel
+from transformers import CLIPVisionModel, UMT5EncoderModel
 
 from chronoedit_core.errors import ModelLoadError
+from chronoedit_core.profiles import MemoryProfile
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +57,9 @@ def check_layout(model_dir: Path) -> None:
         raise ModelLoadError(f"{model_dir} lacks the component folders {', '.join(missing)}")
 
 
-def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
-    """Load every component from `model_dir` onto `placement.device`. Local files only."""
+def load_pipeline(model_dir: Path, placement: Placement, profile: MemoryProfile | None = None) -> ChronoEditPipeline:
+    """Load every component from `model_dir`: onto `placement.device`, or, where `profile` streams a component or
+    converts its weights, into host memory. Local files only."""
     check_layout(model_dir)
     diffusers.utils.logging.disable_progress_bar()  # progress bars would flood the worker logs
     transformers.utils.logging.disable_progress_bar()
@@ -62,21 +69,33 @@ def load_pipeline(model_dir: Path, placement: Placement) -> ChronoEditPipeline:
     # both are bound by the disk's ~1 GB/s; but a worker group's ranks would each hold a 47 GB copy in host memory.
     # diffusers takes a device type only ("cuda"), which means the current device: a rank's `cuda:N` is made current.
     on_gpu = placement.device.startswith("cuda")
-    device_map = "cuda" if on_gpu else None
+    homes = component_homes(profile) if on_gpu else {}
+    classes = {
+        "transformer": (ChronoEditTransformer3DModel, placement.dtype),
+        "text_encoder": (UMT5EncoderModel, placement.dtype),
+        "image_encoder": (CLIPVisionModel, torch.float32),
+        "vae": (AutoencoderKLWan, torch.float32),
+    }
     with torch.cuda.device(placement.device) if on_gpu else contextlib.nullcontext():
-        image_encoder = CLIPVisionModel.from_pretrained(
-            model_dir, subfolder="image_encoder", dtype=torch.float32, local_files_only=True, device_map=device_map
-        )
-        vae = AutoencoderKLWan.from_pretrained(
-            model_dir, subfolder="vae", dtype=torch.float32, local_files_only=True, device_map=device_map
-        )
-        pipe = ChronoEditPipeline.from_pretrained(
-            model_dir,
-            image_encoder=image_encoder,
-            vae=vae,
-            dtype=placement.dtype,
-            local_files_only=True,
-            device_map=device_map,
-        )
+        components: dict[str, Any] = {
+            name: model_class.from_pretrained(
+                model_dir, subfolder=name, dtype=dtype, local_files_only=True, device_map=homes.get(name)
+            )
+            for name, (model_class, dtype) in classes.items()
+        }
+        pipe = ChronoEditPipeline.from_pretrained(model_dir, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
-    return pipe if placement.device == "cuda" else pipe.to(placement.device)  # a no-op where the weights landed
+    return pipe if on_gpu else pipe.to(placement.device)  # a no-op where the weights landed
+
+
+def component_homes(profile: MemoryProfile | None) -> dict[str, str | None]:
+    """`"cuda"` for the components that go straight to the GPU, None for those loaded into host memory first."""
+    gpu = "cuda"
+    if profile is None:
+        return dict.fromkeys(("transformer", "text_encoder", "image_encoder", "vae"), gpu)
+    return {
+        "transformer": gpu if profile.transformer == "gpu" and profile.exact else None,
+        "text_encoder": gpu if profile.text_encoder == "gpu" else None,
+        "image_encoder": gpu if profile.image_encoder == "gpu" else None,
+        "vae": gpu,
+    }

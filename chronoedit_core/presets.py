@@ -15,6 +15,10 @@ SKETCH_TRIGGER = (
     "The user wants to change the sketch to {prompt}."
 )
 
+CACHED_PROMPTS = ("", UPSCALE_TRIGGER)
+"""Prompts whose text embeddings every worker computes once at start and keeps: the empty negative prompt of every
+guided job, and the upscale trigger (an upscale job's whole prompt unless the user adds text)."""
+
 DISTILL, UPSCALER, PAINTBRUSH = "distill", "upscaler", "paintbrush"
 """Adapter names a worker loads its LoRA files under."""
 

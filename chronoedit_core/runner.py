@@ -1,20 +1,24 @@
 """Running one edit on a loaded pipeline, with a denoising loop this project owns.
 
-The loop re-uses the stock `ChronoEditPipeline`'s own stages (`encode_prompt`, `encode_image`, `prepare_latents`,
-its video processor, scheduler and VAE) and performs the same operations in the same order, so its output equals
-the stock pipeline's for the same seed (tests check it on CPU). Owning the loop is what allows:
+The loop re-uses the stock `ChronoEditPipeline`'s own stages (`_get_t5_prompt_embeds`, which its `encode_prompt`
+calls once per text, `encode_image`, `prepare_latents`, its video processor, scheduler and VAE) and performs the same
+operations in the same order, so its output equals the stock pipeline's for the same seed (tests check it on CPU).
+Owning the loop is what allows:
 - step caching: each transformer call runs inside `cache_context("cond" | "uncond")`, which diffusers' cache hooks
   (FirstBlockCache) need and the stock pipeline never opens;
 - speed options applied once at worker start (`RunnerOptions`): regional `torch.compile` of the transformer blocks,
   the attention backend;
 - stopping between steps (`StepCallback` returning False) instead of spinning through the remaining steps;
 - running a step's guidance passes elsewhere: the loop asks its `GuidanceExecutor` for the noise prediction, so a
-  worker group can run the conditional and unconditional passes on two GPUs at once (`chronoedit_core/guidance.py`).
+  worker group can run the conditional and unconditional passes on two GPUs at once (`chronoedit_core/guidance.py`);
+- running within a memory profile (`chronoedit_core/profiles.py`): FP8-stored weights, components streamed onto the
+  GPU, text embeddings cached by prompt, and the VAE tiled for the stages that would not fit otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,17 +28,21 @@ import torch
 from diffusers import ChronoEditPipeline, FirstBlockCacheConfig, UniPCMultistepScheduler
 from PIL import Image
 
+from chronoedit_core import memory
 from chronoedit_core.errors import ChronoEditError
 from chronoedit_core.fp8 import fp8_enabled, wrap_linears
 from chronoedit_core.fp8 import supported as fp8_supported
 from chronoedit_core.guidance import Branch, GuidanceExecutor, SequentialGuidance
-from chronoedit_core.memory import available_bytes, require_fit
+from chronoedit_core.placement import place, store_fp8
+from chronoedit_core.presets import CACHED_PROMPTS
+from chronoedit_core.profiles import PROFILES, MemoryProfile
+from chronoedit_core.prompts import PromptCache
+from chronoedit_core.sizing import Size
 
 EDIT_FRAMES = 5
 """Without temporal reasoning the pipeline always renders 5 frames (2 latent frames): input ... edit."""
 
 REASONING_FRAMES = 29
-MAX_SEQUENCE_LENGTH = 512
 
 StepCallback = Callable[[int, int], bool | None]
 """Called after each denoising step with (steps done, total steps); returning False stops the run."""
@@ -90,7 +98,13 @@ class RunnerOptions:
     attention_backend: str | None = None
     """A diffusers attention backend name (e.g. `_native_cudnn`); None keeps the default (PyTorch SDPA)."""
     fp8: bool = False
-    """Prepare FP8 copies of the blocks' linear weights so jobs may ask for FP8 matrix multiplies (GPU only)."""
+    """Prepare FP8 copies of the blocks' linear weights so jobs may ask for FP8 matrix multiplies (`resident` only)."""
+    profile: MemoryProfile = PROFILES["resident"]
+    """What stays on the GPU and in which weight format; applied when the runner is built."""
+    device: str | None = None
+    """Where the pipeline runs (streamed components are copied there); None: where the transformer is."""
+    prompt_cache: int = 64
+    """How many prompts' text embeddings to keep (besides the empty negative prompt and the trigger prompts)."""
 
 
 @dataclass(frozen=True)
@@ -132,19 +146,38 @@ class EditRunner:
         self.options = options or RunnerOptions()
         self.guidance: GuidanceExecutor = guidance or SequentialGuidance()
         """Runs each step's transformer passes: both here, or one per rank of a worker group (`SplitGuidance`)."""
+        self.profile = self.options.profile
+        self.device = torch.device(self.options.device or pipe.transformer.device)
         transformer = pipe.transformer
         if self.options.attention_backend:
             transformer.set_attention_backend(self.options.attention_backend)
-        if self.options.fp8:
-            if not fp8_supported(transformer.device):
-                raise ChronoEditError("FP8 matrix multiplies need a CUDA GPU of compute capability 8.9 or newer")
-            wrap_linears(transformer.blocks)
+        self._prepare_fp8()
         if self.options.compile:
             _compile_blocks(transformer, self.options.compile_mode, self.options.compile_dynamic)
+        place(pipe, self.profile, str(self.device))
+        self.prompts = PromptCache(pipe, self.options.prompt_cache, keep=CACHED_PROMPTS)
+        self.tiled: list[str] = []
+        """The VAE stages the last edit ran tiled (`encode`, `decode`) because they would not fit untiled."""
+
+    def _prepare_fp8(self) -> None:
+        """FP8 weights in place of bf16 (an FP8 profile), or FP8 copies beside them (`fp8` option, `resident`)."""
+        wanted = not self.profile.exact or self.options.fp8
+        if wanted and not fp8_supported(self.device):
+            raise ChronoEditError("FP8 matrix multiplies need a CUDA GPU of compute capability 8.9 or newer")
+        if not self.profile.exact:
+            store_fp8(self.pipe, self.profile, str(self.device))
+        elif self.options.fp8:
+            if self.profile.name != "resident":
+                raise ChronoEditError(
+                    f"FP8 copies (CHRONOEDIT_FP8) sit beside the resident bf16 weights; under memory profile "
+                    f"{self.profile.name!r} they would take the memory it saves: use fp8-resident or fp8-offload"
+                )
+            wrap_linears(self.pipe.transformer.blocks)
 
     @property
-    def device(self) -> torch.device:
-        return self.pipe.transformer.device
+    def fp8_available(self) -> bool:
+        """Whether jobs may ask for FP8 (on an FP8 profile every job runs FP8 anyway)."""
+        return self.options.fp8 or not self.profile.exact
 
     def run(self, request: EditRequest, image: Image.Image, on_step: StepCallback | None = None) -> EditResult:
         latents = self.denoise(request, prepare_image(image, request.width, request.height), on_step)
@@ -155,34 +188,30 @@ class EditRunner:
         """The stock pipeline's steps 3 to 6, in its order, returning the final latents."""
         pipe, transformer, device = self.pipe, self.pipe.transformer, self.device
         self.check(request)
-        guided = request.guidance_scale > 1
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=guided,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=device,
-        )
+        plan = self.plan(request)
+        self.tiled = ["encode"] if plan.tile_encode else []
         dtype = transformer.dtype
-        prompt_embeds = prompt_embeds.to(dtype)
-        negative_embeds = negative_embeds.to(dtype) if negative_embeds is not None else None
+        prompt_embeds = self.prompts.embeds(request.prompt, device).to(dtype)
+        guided = request.guidance_scale > 1
+        negative_embeds = self.prompts.embeds(request.negative_prompt, device).to(dtype) if guided else None
         image_embeds = pipe.encode_image(image, device).to(dtype)
 
         scheduler = make_scheduler(pipe, request.flow_shift)
         scheduler.set_timesteps(request.num_inference_steps, device=device)
         video = pipe.video_processor.preprocess(image, height=request.height, width=request.width)
-        latents, condition = pipe.prepare_latents(
-            video.to(device, dtype=torch.float32),
-            1,
-            pipe.vae.config.z_dim,
-            request.height,
-            request.width,
-            request.num_frames,
-            torch.float32,
-            device,
-            torch.Generator("cpu").manual_seed(request.seed),
-            None,
-        )
+        with _vae_tiling(pipe.vae, plan.tile_encode):
+            latents, condition = pipe.prepare_latents(
+                video.to(device, dtype=torch.float32),
+                1,
+                pipe.vae.config.z_dim,
+                request.height,
+                request.width,
+                request.num_frames,
+                torch.float32,
+                device,
+                torch.Generator("cpu").manual_seed(request.seed),
+                None,
+            )
         reasoning_end = request.reasoning_steps if request.reasoning_steps is not None else len(scheduler.timesteps)
         total = len(scheduler.timesteps)
         with self._step_cache(request.step_cache_threshold), fp8_enabled(transformer.blocks, request.fp8):
@@ -201,16 +230,39 @@ class EditRunner:
 
     def check(self, request: EditRequest) -> None:
         """Refuse, before any work, what this runner cannot do: sizes off the 16-pixel grid, more than the GPU has
-        left, FP8 without prepared weights."""
+        left under the memory profile, FP8 without FP8 weights."""
         if request.height % 16 or request.width % 16:
             raise ValueError(
                 f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
             )
-        if self.device.type == "cuda":
-            require_fit(request.width, request.height, request.num_frames, available_bytes(self.device))
-        if request.fp8 and not self.options.fp8:
-            message = "this worker was not started with FP8 weights (CHRONOEDIT_FP8)"
+        self.plan(request)
+        if request.fp8 and not self.fp8_available:
+            message = "this worker has no FP8 weights (CHRONOEDIT_FP8, or the fp8-resident / fp8-offload profiles)"
             raise ChronoEditError(message, code="fp8_unavailable")
+
+    def plan(self, request: EditRequest) -> memory.Plan:
+        """Which VAE stages this edit runs tiled, given what the GPU has left now; `TooLargeForDevice` when even the
+        profile's best plan does not fit. Off the GPU nothing is tiled or refused."""
+        return self._plan(request.width, request.height, request.num_frames)
+
+    def _plan(self, width: int, height: int, frames: int) -> memory.Plan:
+        if self.device.type != "cuda":
+            return memory.Plan()
+        return memory.plan(self.profile, width, height, frames, memory.available_bytes(self.device))
+
+    def max_area(self, frames: int) -> int | None:
+        """The largest output area (pixels) this worker admits now for `frames` frames; None off the GPU."""
+        if self.device.type != "cuda":
+            return None
+        return memory.max_area(self.profile, frames, memory.available_bytes(self.device))
+
+    def fitting_size(self, width: int, height: int, frames: int = EDIT_FRAMES) -> Size | None:
+        """`width` x `height` when this worker admits it now, else the largest size at that aspect ratio it admits
+        (None when not even the smallest fits)."""
+        area = self.max_area(frames)
+        if area is None or width * height <= area:
+            return Size(width, height)
+        return memory.largest_size(width, height, area)
 
     def _predict(self, call: dict[str, Any], embeds: dict[Branch, torch.Tensor | None], branch: Branch) -> torch.Tensor:
         """One transformer pass of the current step, inside the cache context the step cache keys its state by."""
@@ -227,12 +279,17 @@ class EditRunner:
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
         inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
         latents = latents / inverse_std + mean
-        if temporal_reasoning and latents.shape[2] > 2:
-            edit = vae.decode(latents[:, :, [0, -1]], return_dict=False)[0]
-            reasoning = vae.decode(latents[:, :, :-1], return_dict=False)[0]
-            video = torch.cat([reasoning, edit[:, :, 1:]], dim=2)
-        else:
-            video = vae.decode(latents, return_dict=False)[0]
+        frames = (latents.shape[2] - 1) * 4 + 1
+        plan = self._plan(latents.shape[4] * 8, latents.shape[3] * 8, frames)
+        if plan.tile_decode:
+            self.tiled = [*self.tiled, "decode"]
+        with _vae_tiling(vae, plan.tile_decode):
+            if temporal_reasoning and latents.shape[2] > 2:
+                edit = vae.decode(latents[:, :, [0, -1]], return_dict=False)[0]
+                reasoning = vae.decode(latents[:, :, :-1], return_dict=False)[0]
+                video = torch.cat([reasoning, edit[:, :, 1:]], dim=2)
+            else:
+                video = vae.decode(latents, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
     def _step_cache(self, threshold: float | None) -> Any:
@@ -247,6 +304,19 @@ def _compile_blocks(transformer: Any, mode: str | None = None, dynamic: bool | N
     """
     for block in transformer.blocks:
         block.forward = torch.compile(block.forward, fullgraph=True, mode=mode, dynamic=dynamic)
+
+
+@contextmanager
+def _vae_tiling(vae: Any, tiled: bool) -> Iterator[None]:
+    """The VAE tiled for one stage (smaller peak, slightly different pixels at the tiles' seams)."""
+    if not tiled:
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
 
 
 def _drop_reasoning_frames(

@@ -28,6 +28,8 @@ from chronoedit_core.manifest import write_manifest
 TEXT_DIM = 32
 IMAGE_DIM = 32
 CLIP_IMAGE_SIZE = 32
+HEAD_DIM = 16
+"""Every linear layer of the tiny blocks then has sides that are multiples of 16, so FP8 can store them all."""
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
 
@@ -78,7 +80,7 @@ def build_tiny_pipeline(seed: int = 0) -> ChronoEditPipeline:
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
     )
-    heads, head_dim = 2, 12
+    heads, head_dim = 2, HEAD_DIM
     transformer = ChronoEditTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
@@ -130,7 +132,7 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
 def write_tiny_lora(path: Path, seed: int, key_format: str = "diffusers", rank: int = 4) -> Path:
     """A random LoRA for the tiny transformer's attention projections, in diffusers' keys or the original Wan keys."""
     generator = torch.Generator().manual_seed(seed)
-    inner = 24  # heads x head_dim of the tiny transformer
+    inner = 2 * HEAD_DIM  # heads x head_dim of the tiny transformer
     wan_names = {"attn1": "self_attn", "attn2": "cross_attn"}
     projections = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
     tensors: dict[str, torch.Tensor] = {}

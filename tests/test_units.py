@@ -113,26 +113,3 @@ def test_multi_picture_jpeg_is_a_jpeg() -> None:
     decoded = decode_image(data, LIMITS)
     assert decoded.format == "JPEG" and decoded.content_type == "image/jpeg"
     assert decoded.image.getpixel((8, 8))[0] > 150, "the first picture"
-
-
-def test_memory_estimate_follows_the_measured_points() -> None:
-    import json
-
-    from chronoedit_core.memory import MARGIN, TooLargeForDevice, estimate_bytes, require_fit
-
-    profile = json.loads(
-        (Path(__file__).resolve().parent.parent / "bench/results/memory_profile_h200.json").read_text()
-    )
-    for point in profile["points"]:
-        with_margin = estimate_bytes(point["width"], point["height"], point["frames"])
-        if "out_of_memory" in point:
-            assert with_margin + point["resident_bytes"] > profile["total_bytes"], "refused before it runs out"
-            continue
-        assert with_margin + point["resident_bytes"] < profile["total_bytes"], "what ran is not refused"
-        estimate = with_margin / MARGIN
-        measured = max(point["denoise_peak_bytes"], point["decode_peak_bytes"])
-        assert abs(estimate - measured) / measured < 0.05, point
-    require_fit(1280, 720, 5, available=25 * 2**30)
-    with pytest.raises(TooLargeForDevice, match="needs about") as error:
-        require_fit(2048, 2048, 5, available=90 * 2**30)
-    assert error.value.code == "too_large_for_device"

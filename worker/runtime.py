@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import diffusers
@@ -23,17 +22,18 @@ from PIL import Image
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from chronoedit_core.encoding import encode_mp4, encode_png
-from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.errors import ChronoEditError, ModelLoadError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.loras import LoraSet
 from chronoedit_core.manifest import sha256_file, verify_manifest
+from chronoedit_core.presets import CACHED_PROMPTS
+from chronoedit_core.profiles import MemoryProfile
 from chronoedit_core.runner import (
     EditRequest,
     EditResult,
     EditRunner,
     EditStopped,
-    RunnerOptions,
     StepCallback,
     frames_to_images,
     prepare_image,
@@ -57,6 +57,7 @@ from worker.metrics import (
     start_exporter,
     timed_stage,
 )
+from worker.model import lora_files, memory_profile, runner_options
 from worker.reuse import OutputReuse
 from worker.settings import WorkerSettings
 
@@ -101,6 +102,9 @@ class WorkerRuntime:
         cache = ResultCache(self.redis, settings.key_prefix, settings.output_retention_seconds)
         self.reuse = OutputReuse(cache, self.store, self.storage)
         self.placement = Placement.resolve(settings.device)
+        self.profile: MemoryProfile | None = None
+        self.capacity: dict[str, int | None] = {}
+        """The largest output areas this worker admits (`max_area`, `max_reasoning_area`), measured after warm-up."""
         self.runner: EditRunner | None = None
         self.loras: LoraSet | None = None
         self.base_digest: str | None = None
@@ -131,7 +135,9 @@ class WorkerRuntime:
             self.base_digest = verify_manifest(model_dir).digest if self.settings.verify_manifest else None
             adapters = lora_files(self.settings, model_dir)
             self.lora_digests = {name: sha256_file(path) for name, path in adapters.items()}
-            pipe = load_pipeline(model_dir, self.placement)
+            self.profile = memory_profile(self.settings, self.placement)
+            logger.info("memory profile %s on %s", self.profile.name, self.placement.device)
+            pipe = load_pipeline(model_dir, self.placement, self.profile)
             self.model_loads += 1
             self.loras = LoraSet(pipe, adapters)
             self.runner = self._make_runner(pipe)
@@ -150,16 +156,32 @@ class WorkerRuntime:
         return EditRunner(pipe, runner_options(self.settings, self.placement))
 
     def _warm_up(self) -> None:
-        """With compilation on, pay it now rather than in the first job: one step at 1280x720 compiles the
-        shape-generic graph every later size and frame count reuses."""
-        assert self.runner is not None
-        if not self.runner.options.compile:
-            return
-        started = time.monotonic()
-        request = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
-        for warm in (request, replace(request, fp8=True)) if self.runner.options.fp8 else (request,):
-            self.runner.decode(self.denoise(warm, [], Image.new("RGB", (1280, 720))), temporal_reasoning=False)
-        logger.info("compiled and warmed up in %.1f s", time.monotonic() - started)
+        """Encode the prompts every worker keeps; with compilation on, pay it now rather than in the first job: one
+        step at 1280x720 (or the largest size the memory profile admits below it) compiles the shape-generic graph
+        every later size and frame count reuses. Then measure the largest sizes the profile admits, for
+        `GET /v1/models`."""
+        runner = self.runner
+        assert runner is not None
+        runner.prompts.preload(CACHED_PROMPTS, runner.device)
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+        size = runner.fitting_size(1280, 720)
+        if size is None:
+            raise ModelLoadError(
+                f"memory profile {runner.profile.name!r} leaves no room for an edit on this GPU; pick one that streams "
+                "more from host memory (CHRONOEDIT_MEMORY_PROFILE) or give the worker more GPU memory"
+            )
+        if runner.options.compile:
+            started = time.monotonic()
+            request = EditRequest(prompt="warm-up", width=size.width, height=size.height, seed=0, num_inference_steps=1)
+            image = Image.new("RGB", (size.width, size.height))
+            for warm in (request, replace(request, fp8=True)) if runner.options.fp8 else (request,):
+                runner.decode(self.denoise(warm, [], image), temporal_reasoning=False)
+            seconds = time.monotonic() - started
+            logger.info("compiled and warmed up in %.1f s at %dx%d", seconds, size.width, size.height)
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.capacity = {"max_area": runner.max_area(5), "max_reasoning_area": runner.max_area(29)}
 
     def stop(self) -> None:
         self._stop.set()
@@ -179,6 +201,9 @@ class WorkerRuntime:
             "job_id": self.current.job_id if self.current else None,
             "base_digest": self.base_digest,
             "loras": self.lora_digests,
+            "memory_profile": self.profile.name if self.profile else None,
+            "exact": self.profile.exact if self.profile else None,
+            **self.capacity,
             "model_loads": self.model_loads,
             **gpu_memory_info(self.placement.device),
             "metrics_port": self.metrics_port,
@@ -232,8 +257,9 @@ class WorkerRuntime:
             key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
             reused = self.reuse.reuse(job, key) if key is not None else None
             outputs, source = reused if reused is not None else (self._run(job), None)
+            ran_with = self._ran_with(job, ran_here=source is None)
             if not self._durably(
-                lambda: self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job), cached_from=source)
+                lambda: self.store.succeed(job_id, job.attempt, outputs, ran_with, cached_from=source)
             ):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
@@ -262,6 +288,7 @@ class WorkerRuntime:
             "dtype": str(self.placement.dtype),
             "attention": str(options.attention_backend if options else None),
             "compile": str(options.compile if options else None),
+            "memory_profile": str(self.profile.name if self.profile else None),
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "service": SERVICE_VERSION,
@@ -288,10 +315,22 @@ class WorkerRuntime:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
         self._durably(lambda: self.store.fail(job.id, job.attempt, code, message))
 
-    def _ran_with(self, job: JobRecord) -> RanWith:
+    def _ran_with(self, job: JobRecord, ran_here: bool) -> RanWith:
+        """The weights and numerics: `dtype` is the transformer's matrix multiplies (FP8 when the job asked for it or
+        the memory profile stores FP8 weights); the tiled VAE stages only when this worker ran the job."""
         loras = {name: self.lora_digests[name] for name in job.params.loras}
-        dtype = str(self.placement.dtype).removeprefix("torch.")
-        return RanWith(base_digest=self.base_digest, loras=loras, device=self.placement.device, dtype=dtype)
+        fp8 = job.params.fp8 or (self.profile is not None and not self.profile.exact)
+        dtype = "float8_e4m3fn" if fp8 else str(self.placement.dtype).removeprefix("torch.")
+        tiled = self.runner.tiled if ran_here and self.runner is not None else []
+        profile = self.profile.name if self.profile else None
+        return RanWith(
+            base_digest=self.base_digest,
+            loras=loras,
+            device=self.placement.device,
+            dtype=dtype,
+            memory_profile=profile,
+            vae_tiling=list(tiled),
+        )
 
     def _run(self, job: JobRecord) -> dict[str, StoredFile]:
         self._stage(job, "loading")
@@ -408,26 +447,4 @@ def edit_request(p: EditParams) -> EditRequest:
         step_cache_threshold=p.step_cache,
         temporal_reasoning=p.temporal_reasoning,
         reasoning_steps=p.reasoning_steps,
-    )
-
-
-def lora_files(settings: WorkerSettings, model_dir: Path) -> dict[str, Path]:
-    """The adapters to load: the configured map, else every `loras/*.safetensors` of the model folder by file name."""
-    if settings.loras is not None:
-        return dict(settings.loras)
-    return {path.stem: path for path in sorted((model_dir / "loras").glob("*.safetensors"))}
-
-
-def runner_options(settings: WorkerSettings, placement: Placement) -> RunnerOptions:
-    """The worker's speed options for a runner on `placement` (every rank of a worker group uses the same)."""
-    compile_blocks = settings.compile
-    if compile_blocks is None:
-        compile_blocks = placement.device.startswith("cuda")
-    # dynamic: one compiled graph serves every image size and frame count (measured on an H200: 0.4% slower per
-    # step than a graph specialised to 1280x720, and no 7 s recompile at the first new size; compile_shapes_h200)
-    return RunnerOptions(
-        compile=compile_blocks,
-        compile_dynamic=True,
-        attention_backend=settings.attention_backend,
-        fp8=settings.fp8,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from chronoedit_core.profiles import NAMES as MEMORY_PROFILES
 from service.settings import CommonSettings
 
 
@@ -41,7 +42,31 @@ class WorkerSettings(CommonSettings):
     attention_backend: str | None = Field(
         None, description="diffusers attention backend name; default: PyTorch SDPA (fastest measured on H200)."
     )
-    fp8: bool = Field(False, description="Prepare FP8 weight copies so jobs may ask for `fp8` (Hopper GPUs).")
+    fp8: bool = Field(
+        False,
+        description="Prepare FP8 weight copies beside the bf16 ones so jobs may ask for `fp8` (Hopper and Ada GPUs; "
+        "the `resident` memory profile only: the FP8 profiles run every job in FP8).",
+    )
+    memory_profile: str = Field(
+        "auto",
+        description="What the worker keeps on its GPU (README, Memory profiles): `resident` (everything, bf16; "
+        "fastest exact), `fp8-resident` (FP8 transformer, text encoder streamed in; 48 GB FP8 GPUs), `lean` (bf16 "
+        "transformer, text encoder streamed in; 48 GB GPUs without FP8), `fp8-offload` / `offload` (transformer "
+        "blocks and encoders streamed in from host memory; 24 GB GPUs), or `auto`: the fastest that fits the GPU's "
+        "memory (or `CHRONOEDIT_GPU_MEMORY_GIB`), picked at start.",
+    )
+    gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="Cap on the GPU memory this worker uses (torch's per-process memory fraction), e.g. to share a "
+        "GPU; `auto` and the size admission then count this instead of the GPU's total. Default: no cap.",
+    )
+    prompt_cache_size: int = Field(
+        64,
+        ge=0,
+        description="How many prompts' text embeddings a worker keeps in host memory (4 MB each), so a repeated "
+        "prompt skips the text encoder; the empty negative prompt and the upscale trigger are always kept.",
+    )
     max_image_bytes: int = Field(100 * 1024 * 1024, description="Largest input the worker will decode.")
     max_image_pixels: int = Field(100_000_000, description="Largest input area the worker will decode.")
     group_queues: list[str] = Field(
@@ -69,6 +94,13 @@ class WorkerSettings(CommonSettings):
         description="Port of the worker's Prometheus exporter (plus the pool child's index); 0 picks a free port, "
         "published in the worker registry as `metrics_port`.",
     )
+
+    @field_validator("memory_profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in MEMORY_PROFILES:
+            raise ValueError(f"unknown memory profile {value!r}; use one of {', '.join(MEMORY_PROFILES)}")
+        return value
 
     @field_validator("parallel_layout")
     @classmethod

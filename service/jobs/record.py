@@ -85,12 +85,18 @@ class Progress(BaseModel):
 
 
 class RanWith(BaseModel):
-    """The weights a job ran with: the base model's manifest digest and each active adapter's file digest."""
+    """The weights a job ran with: the base model's manifest digest and each active adapter's file digest; and the
+    numerics: the transformer's matrix multiplies' precision (`float8_e4m3fn` when the job asked for `fp8` or its
+    worker's memory profile stores FP8 weights), the memory profile, and which VAE stages ran tiled to fit."""
 
     base_digest: str | None
     loras: dict[str, str] = Field(default_factory=dict)
     device: str
     dtype: str
+    memory_profile: str | None = None
+    vae_tiling: list[str] = Field(default_factory=list)
+    """`encode` and/or `decode` when that stage ran with VAE tiling (slightly different pixels); empty for outputs
+    reused from an earlier job (see that job)."""
 
 
 class Enhancement(BaseModel):

@@ -113,7 +113,11 @@ class JobView(BaseModel):
     webhook: str | None = None
     webhook_events: list[EventType] = Field(default_factory=list)
     cancel_requested_at: datetime | None = Field(None, description="When a cancel was asked for a running job.")
-    ran_with: RanWith | None = Field(None, description="The weights the job ran with (manifest and adapter digests).")
+    ran_with: RanWith | None = Field(
+        None,
+        description="The weights the job ran with (manifest and adapter digests) and its numerics: `dtype` "
+        "(`float8_e4m3fn` when it ran FP8), the worker's `memory_profile`, the VAE stages tiled to fit (`vae_tiling`).",
+    )
     batch_id: str | None = Field(None, description="The batch this job is an item of.")
     reference: str | None = Field(None, description="The batch item's client reference (unique in its batch).")
     metadata: dict[str, str] = Field(default_factory=dict, description="The batch item's client metadata.")

@@ -28,7 +28,7 @@ from worker.group.leader import GroupLeaderRuntime
 from worker.group.member import GroupMember, ProcessGroups, RefusedByGroup, rank_status
 from worker.logs import configure_worker_logging
 from worker.metrics import start_exporter
-from worker.runtime import lora_files, runner_options
+from worker.model import lora_files, runner_options
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger("worker.group")

@@ -21,7 +21,8 @@ from PIL import Image
 from chronoedit_core.runner import EditRequest, EditRunner, EditStopped, StepCallback
 from worker.group.channel import LeaderChannel, RankStatus, Work
 from worker.group.member import GroupMember, RefusedByGroup, rank_status
-from worker.runtime import WorkerRuntime, runner_options
+from worker.model import runner_options
+from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)

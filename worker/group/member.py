@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
-from chronoedit_core.errors import ChronoEditError
+from chronoedit_core.errors import ChronoEditError, ModelLoadError
 from chronoedit_core.loading import Placement
 from chronoedit_core.loras import LoraSet
 from chronoedit_core.parallel import ParallelLayout, guidance_executor, make_mesh, split_sequence
@@ -64,7 +64,13 @@ class GroupMember:
 
     def attach(self, pipe: Any, loras: LoraSet, options: RunnerOptions) -> EditRunner:
         """Once every rank has loaded its pipeline: build the runner with the layout's guidance executor, then split
-        the sequence (diffusers' hooks then wrap the compiled blocks from outside)."""
+        the sequence (diffusers' hooks then wrap the compiled blocks from outside). The group's ranks keep their
+        transformers on their GPUs: a streamed one would be refused by every rank alike, before the barrier."""
+        if options.profile.streams_transformer:
+            raise ModelLoadError(
+                f"memory profile {options.profile.name!r} streams the transformer from host memory; worker groups "
+                "run `resident`, `fp8-resident` or `lean` (CHRONOEDIT_MEMORY_PROFILE)"
+            )
         dist.barrier(group=self.groups.startup)
         self.runner = EditRunner(pipe, options, guidance=guidance_executor(self.layout, self.groups.mesh))
         split_sequence(pipe.transformer, self.layout, self.groups.mesh)
