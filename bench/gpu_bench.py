@@ -4,7 +4,8 @@ Builds the real ChronoEdit-14B architecture with random weights directly on the 
 timing does not depend on weight values), then in one process times, at 1280x720:
   fast edit (8 steps, guidance 1, flow shift 2), standard edit (50 steps, guidance 5), temporal reasoning
   (29 frames, 8 steps, guidance 1, all steps reasoning); and a catalog upscale to 2048x1536 in fast mode (images per
-  hour: the upscaler LoRA changes weights, not the work);
+  hour: the upscaler LoRA changes weights, not the work; untiled it needs a 141 GB H200: on an 80 GB card the stock
+  pipeline runs out of memory and the runner's `resident` profile refuses the size);
 for the stock pipeline, the runner in eager mode (must equal stock), the runner in its exact fast configuration
 (regional torch.compile + attention backend), and opt-in step caching. Reports seconds end to end, seconds per
 transformer forward, achieved TFLOP/s against a bf16 matmul rate measured in the same run, peak memory, the ratio

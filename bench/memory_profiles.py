@@ -50,7 +50,13 @@ from bench.profile_steps import Case, deviation, measure_all, text_encoder_on_cp
 from bench.profile_table import CAPS_GIB, RUN_WEIGHTS, RUNS, detail_table, label, merge, readme_table  # noqa: E402
 from chronoedit_core import memory  # noqa: E402
 from chronoedit_core.fp8 import supported as fp8_supported  # noqa: E402
-from chronoedit_core.memory import GiB, TooLargeForDevice, available_bytes, limit_memory  # noqa: E402
+from chronoedit_core.memory import (  # noqa: E402
+    GiB,
+    TooLargeForDevice,
+    available_bytes,
+    limit_memory,
+    prefer_expandable_segments,
+)
 from chronoedit_core.placement import weight_bytes  # noqa: E402
 from chronoedit_core.presets import CACHED_PROMPTS  # noqa: E402
 from chronoedit_core.profiles import PROFILES, pick  # noqa: E402
@@ -480,6 +486,7 @@ def main() -> None:
     parser.add_argument("--stopped-at", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    prefer_expandable_segments()  # as workers run; the runs inherit it
     if args.child:
         sys.exit(main_child(args))
     runs = selected_runs(args.only)

@@ -15,6 +15,7 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
+from chronoedit_core.memory import prefer_expandable_segments
 from service.jobs.queue import RUN_BATCH_ITEM_TASK, RUN_EDIT_TASK, make_celery
 from service.logs import log_context
 from worker.logs import configure_worker_logging
@@ -23,6 +24,7 @@ from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
+prefer_expandable_segments()  # before any pool child touches CUDA
 settings = WorkerSettings()
 app = make_celery(settings, name="chronoedit-worker")
 app.conf.update(worker_proc_alive_timeout=settings.proc_alive_timeout_seconds, worker_concurrency=1)

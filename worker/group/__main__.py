@@ -21,6 +21,7 @@ import torch.distributed as dist
 from chronoedit_core.errors import ModelLoadError
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.loras import LoraSet
+from chronoedit_core.memory import prefer_expandable_segments
 from chronoedit_core.parallel import ParallelLayout
 from chronoedit_core.runner import EditStopped
 from worker.group.channel import FollowerChannel, Idle, Stop
@@ -35,6 +36,7 @@ logger = logging.getLogger("worker.group")
 
 
 def main() -> int:
+    prefer_expandable_segments()
     settings = WorkerSettings()
     rank, local_rank, ranks = (int(os.environ[name]) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     configure_worker_logging(settings, rank=rank)
