@@ -103,3 +103,42 @@ def test_queued_jobs_are_listed_for_republishing_until_claimed(store: JobStore) 
     store.mark_published(job.id)
     store.claim(job.id, "a")
     assert job.id not in store.stale_queued(older_than_seconds=0)
+
+
+def test_the_finishing_transition_records_the_final_attempts_timings(store: JobStore) -> None:
+    job = job_record(created_at=time.time() - 2.0)
+    store.create(job)
+    claimed = store.claim(job.id, "a")
+    assert claimed is not None and claimed.timings is None, "no timings until the job finishes"
+    stages = {"input_load": 0.01, "inference": 0.5, "encode": 0.02, "upload": 0.03}
+    assert store.succeed(job.id, claimed.attempt, output(), stages=stages)
+    final = store.get(job.id)
+    timings = final.timings
+    assert timings is not None and timings.enhance is None
+    assert timings.queue_wait == pytest.approx(claimed.started_at - job.created_at, abs=1e-5)
+    assert timings.queue_wait >= 2.0
+    assert timings.total == pytest.approx(final.finished_at - job.created_at, abs=1e-5)
+    assert timings.model_dump(include=set(stages)) == stages
+
+
+def test_after_a_lost_attempt_the_queue_wait_counts_from_its_lease_expiry(store: JobStore) -> None:
+    job = new_job(store)
+    first = store.claim(job.id, "a")
+    time.sleep(0.6)
+    requeued = store.requeue_if_expired(job.id)
+    assert requeued is not None and requeued.requeued_at == first.lease_expires_at
+    second = store.claim(job.id, "b")
+    assert store.fail(job.id, second.attempt, "internal_error", "boom", stages={"input_load": 0.01})
+    timings = store.get(job.id).timings
+    assert timings.queue_wait == pytest.approx(second.started_at - first.lease_expires_at, abs=1e-5)
+    assert timings.input_load == 0.01 and timings.inference is None, "only the stages the final attempt finished"
+    assert timings.total >= first.lease_expires_at - job.created_at + timings.queue_wait - 1e-5, "the lost attempt too"
+
+
+def test_a_job_canceled_before_any_worker_took_it_has_no_queue_wait(store: JobStore) -> None:
+    job = new_job(store)
+    canceled = store.request_cancel(job.id)
+    assert canceled is not None and canceled.status == JobStatus.CANCELED
+    timings = canceled.timings
+    assert timings is not None and timings.queue_wait is None and timings.inference is None
+    assert timings.total == pytest.approx(canceled.finished_at - job.created_at, abs=1e-5)

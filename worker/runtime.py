@@ -43,7 +43,16 @@ from service.jobs.batches import BatchStore
 from service.jobs.cache import ResultCache, cache_key
 from service.jobs.lanes import BatchLane
 from service.jobs.metrics import init_job_series
-from service.jobs.record import EditParams, JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
+from service.jobs.record import (
+    EditParams,
+    JobRecord,
+    RanWith,
+    Stage,
+    StageSeconds,
+    StoredFile,
+    attempt_prefix,
+    output_key,
+)
 from service.jobs.registry import WorkerRegistry
 from service.jobs.store import JobStore
 from service.logs import bind_log_context
@@ -226,14 +235,15 @@ class WorkerRuntime:
             return
         bind_log_context(job_id=job.id, request_id=job.request_id, attempt=job.attempt)
         job_claimed(job, self.placement.device)
+        stages: StageSeconds = {}
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
             key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
             reused = self.reuse.reuse(job, key) if key is not None else None
-            outputs, source = reused if reused is not None else (self._run(job), None)
+            outputs, source = reused if reused is not None else (self._run(job, stages), None)
             if not self._durably(
-                lambda: self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job), cached_from=source)
+                lambda: self.store.succeed(job_id, job.attempt, outputs, self._ran_with(job), source, stages)
             ):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
@@ -244,12 +254,12 @@ class WorkerRuntime:
         except EditStopped as exc:
             logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
             steps = exc.steps_done
-            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps))
+            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps, stages))
         except JobFailed as exc:
-            self._fail(job, exc.code, exc.message)
+            self._fail(job, exc.code, exc.message, stages)
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", job_id)
-            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}")
+            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}", stages)
         finally:
             self.current = None
             self._announce()
@@ -284,25 +294,26 @@ class WorkerRuntime:
         job = self.store.get(job_id)
         return job is not None and job.batch_id is not None and self.batches.is_canceled(job.batch_id)
 
-    def _fail(self, job: JobRecord, code: str, message: str) -> None:
+    def _fail(self, job: JobRecord, code: str, message: str, stages: StageSeconds) -> None:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
-        self._durably(lambda: self.store.fail(job.id, job.attempt, code, message))
+        self._durably(lambda: self.store.fail(job.id, job.attempt, code, message, stages))
 
     def _ran_with(self, job: JobRecord) -> RanWith:
         loras = {name: self.lora_digests[name] for name in job.params.loras}
         dtype = str(self.placement.dtype).removeprefix("torch.")
         return RanWith(base_digest=self.base_digest, loras=loras, device=self.placement.device, dtype=dtype)
 
-    def _run(self, job: JobRecord) -> dict[str, StoredFile]:
+    def _run(self, job: JobRecord, stages: StageSeconds) -> dict[str, StoredFile]:
+        """Run the claimed attempt, timing each stage into `stages`; the stored outputs."""
         self._stage(job, "loading")
-        with timed_stage(job, "input_load"):
+        with timed_stage(job, "input_load", stages):
             image = self._read_input(job)
-        with timed_stage(job, "inference"):
+        with timed_stage(job, "inference", stages):
             result = self._denoise(job, image)
         self._stage(job, "uploading")
-        with timed_stage(job, "encode"):
+        with timed_stage(job, "encode", stages):
             files = self._encode(job, result)
-        with timed_stage(job, "upload"):
+        with timed_stage(job, "upload", stages):
             return self._upload(job, files)
 
     def _stage(self, job: JobRecord, stage: Stage) -> None:
