@@ -9,6 +9,7 @@ import uuid
 import pytest
 import redis
 
+from service.jobs.batches import BatchRecord, BatchStore
 from service.jobs.record import JobRecord, JobStatus, StoredFile
 from service.jobs.store import JobStore
 from tests.records import job_record
@@ -142,3 +143,32 @@ def test_a_job_canceled_before_any_worker_took_it_has_no_queue_wait(store: JobSt
     timings = canceled.timings
     assert timings is not None and timings.queue_wait is None and timings.inference is None
     assert timings.total == pytest.approx(canceled.finished_at - job.created_at, abs=1e-5)
+
+
+def test_a_claim_starts_the_attempt_loading_and_asks_about_the_batch_of_batch_items_only(store: JobStore) -> None:
+    asked: list[str] = []
+
+    def canceled(batch_id: str) -> bool:
+        asked.append(batch_id)
+        return True
+
+    job = new_job(store)
+    claimed = store.claim(job.id, "a", batch_canceled=canceled)
+    assert claimed is not None and claimed.progress.stage == "loading" and claimed.progress.step == 0
+    assert asked == [], "an interactive job has no batch to look up"
+
+    batches = BatchStore(store.client, store.prefix, retention_seconds=60)
+    batches.create(BatchRecord(id="b1", tenant="default", kind="edit", mode="fast"))
+    item = job_record(batch_id="b1", lane="batch")
+    store.create(item)
+    assert store.claim(item.id, "a", batch_canceled=canceled) is None
+    assert asked == ["b1"] and store.get(item.id).status == JobStatus.CANCELED, "an item of a canceled batch"
+
+
+def test_the_last_steps_progress_can_start_decoding(store: JobStore) -> None:
+    job = new_job(store)
+    claimed = store.claim(job.id, "a")
+    assert store.set_progress(job.id, claimed.attempt, 1, 2)
+    assert store.get(job.id).progress.stage == "denoising"
+    assert store.set_progress(job.id, claimed.attempt, 2, 2, "decoding")
+    assert store.get(job.id).progress.model_dump() == {"step": 2, "total": 2, "stage": "decoding"}

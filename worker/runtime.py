@@ -228,7 +228,7 @@ class WorkerRuntime:
     def execute(self, job_id: str) -> None:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
         job = self._durably(
-            lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self._in_canceled_batch(job_id))
+            lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self.batches.is_canceled)
         )
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
@@ -289,11 +289,6 @@ class WorkerRuntime:
         )
         return retrying(write)
 
-    def _in_canceled_batch(self, job_id: str) -> bool:
-        """Whether the job is an item of a canceled batch (its cancel may have stopped before reaching this item)."""
-        job = self.store.get(job_id)
-        return job is not None and job.batch_id is not None and self.batches.is_canceled(job.batch_id)
-
     def _fail(self, job: JobRecord, code: str, message: str, stages: StageSeconds) -> None:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
         self._durably(lambda: self.store.fail(job.id, job.attempt, code, message, stages))
@@ -304,8 +299,8 @@ class WorkerRuntime:
         return RanWith(base_digest=self.base_digest, loras=loras, device=self.placement.device, dtype=dtype)
 
     def _run(self, job: JobRecord, stages: StageSeconds) -> dict[str, StoredFile]:
-        """Run the claimed attempt, timing each stage into `stages`; the stored outputs."""
-        self._stage(job, "loading")
+        """Run the claimed attempt (the claim put it in the `loading` stage), timing each stage into `stages`; the
+        stored outputs."""
         with timed_stage(job, "input_load", stages):
             image = self._read_input(job)
         with timed_stage(job, "inference", stages):
@@ -360,15 +355,15 @@ class WorkerRuntime:
 
         def on_step(step: int, total: int) -> bool:
             step_timer(step, total)
+            stage: Stage = "decoding" if step == total else "denoising"  # the last step's write starts decoding
             try:
-                return self.store.set_progress(job.id, job.attempt, step, total)
+                return self.store.set_progress(job.id, job.attempt, step, total, stage)
             except REDIS_DOWN as exc:  # progress is news, not state: denoising goes on while Redis restarts
                 logger.warning("job %s: progress not recorded (%s); carrying on", job.id, exc)
                 return True
 
         try:
             latents = self.denoise(request, p.loras, prepare_image(image, p.width, p.height), on_step=on_step)
-            self._stage(job, "decoding")
             return EditResult(frames=frames_to_images(self.runner.decode(latents, p.temporal_reasoning)))
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():

@@ -129,9 +129,10 @@ class JobStore:
 
     # --- transitions -------------------------------------------------------------------------------------------
 
-    def claim(self, job_id: str, worker: str, batch_canceled: bool = False) -> JobRecord | None:
+    def claim(self, job_id: str, worker: str, batch_canceled: Callable[[str], bool] | None = None) -> JobRecord | None:
         """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run.
-        `batch_canceled`: the job is an item of a canceled batch, which ends it `canceled` instead."""
+        `batch_canceled(batch_id)` is asked about a batch item's batch: an item of a canceled batch ends `canceled`
+        instead. The new attempt starts in the `loading` stage (the worker reads its input first)."""
 
         def transition(job: JobRecord) -> JobRecord | None:
             now = time.time()
@@ -142,7 +143,8 @@ class JobStore:
                 return None
             if job.status == JobStatus.RUNNING:  # its last attempt was lost: claimable since its lease expired
                 job = job.model_copy(update={"requeued_at": job.lease_expires_at})
-            if job.cancel_requested_at is not None or batch_canceled:  # asked to stop while no worker ran it
+            in_canceled_batch = job.batch_id is not None and batch_canceled is not None and batch_canceled(job.batch_id)
+            if job.cancel_requested_at is not None or in_canceled_batch:  # asked to stop while no worker ran it
                 return _canceled(job, job.progress.step)
             if job.attempt >= self.max_attempts:
                 return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")
@@ -153,7 +155,7 @@ class JobStore:
                     "worker": worker,
                     "started_at": now,
                     "lease_expires_at": now + self.lease_seconds,
-                    "progress": job.progress.model_copy(update={"step": 0}),
+                    "progress": job.progress.model_copy(update={"step": 0, "stage": "loading"}),
                 }
             )
 
