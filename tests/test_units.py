@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from chronoedit_core.encoding import encode_png
 from chronoedit_core.errors import ImageTooLargeError, InvalidImageError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.sizing import check_output_size, default_output_size
@@ -136,3 +137,11 @@ def test_memory_estimate_follows_the_measured_points() -> None:
     with pytest.raises(TooLargeForDevice, match="needs about") as error:
         require_fit(2048, 2048, 5, available=90 * 2**30)
     assert error.value.code == "too_large_for_device"
+
+
+def test_png_output_is_lossless_and_compressed_at_zlibs_fastest_level() -> None:
+    image = Image.effect_noise((64, 48), 40).convert("RGB")
+    data = encode_png(image)
+    assert Image.open(io.BytesIO(data)).tobytes() == image.tobytes()
+    idat = data.index(b"IDAT") + 4
+    assert data[idat + 1] >> 6 == 0, "the zlib header's FLEVEL: 0 is the fastest level (1), 2 Pillow's default (6)"
