@@ -1,10 +1,9 @@
 """Service overhead per job: what the service adds to the model's own time, on a real local stack.
 
 The stack of `bench/load.py` (a Redis, local storage, the API with keys, one worker process serving the tiny random
-model with one thread, its INFO log lines on) runs `--jobs` edits per variant one after another, each submitted only
-once the last one finished, so no job ever waits behind another. Each is a realistic small request (a 64x64 photo,
-fast mode, one step), sent with `Prefer: wait=60` so the answer that says `succeeded` comes the moment the job
-finishes. Per job:
+model with one thread, its INFO log lines on) runs edits one after another, each submitted only once the last one
+finished, so no job ever waits behind another. Each is a realistic request (a photo, fast mode, one step), sent with
+`Prefer: wait=60` so the answer that says `succeeded` comes the moment the job finishes. Per job:
 
 - end to end: the client's clock from sending the submit to holding that answer (polling, should it come back
   unfinished);
@@ -14,13 +13,15 @@ finishes. Per job:
   job record's transitions, the broker, reading and decoding the input, encoding and uploading the outputs, and
   telling the waiting request.
 
-Reported with p50 and p99 per variant (`png`: the image; `png+mp4`: the image and the editing trajectory), and as a
-share of the runner's exact fast edit on one H200 (`exact/fast_edit_8step` of `bench/results/h200.json`: 8 steps at
-1280x720, model time alone), the budget being 3%. The tiny model's outputs are 64x64, so the stages whose cost grows
-with the image (decoding the input, encoding and uploading the outputs) are smaller here than at 1280x720.
+Reported with p50 and p99 per variant, and as a share of the runner's exact fast edit on one H200
+(`exact/fast_edit_8step` of `bench/results/h200.json`: 8 steps at 1280x720, model time alone), the budget being 3%.
+Variants: `png` (the image) and `png+mp4` (the image and the editing trajectory), 64x64, `--jobs` each: the fixed
+cost of a job; `png@1280x720`, `--large-jobs` of them: the fast edit's own size, where reading the input and
+encoding the output cost what they cost in production (the tiny model's output is noise, which compresses worse
+than a photo; its model time, 1280x720 on one CPU thread, is long, hence few of them).
 
-    python -m bench.service_overhead --jobs 200 --out bench/results/service_overhead_2core.json   # the README's
-    python -m bench.service_overhead --jobs 4 --warmup 1 --out /tmp/overhead.json                 # make test's
+    python -m bench.service_overhead --out bench/results/service_overhead_2core.json               # the README's
+    python -m bench.service_overhead --jobs 4 --warmup 1 --large-jobs 0 --out /tmp/overhead.json   # make test's
 
 Run from the repository root (`bench.load` is imported from there). The exit status is 1 when a job did not succeed.
 """
@@ -32,17 +33,18 @@ import base64
 import io
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from bench.load import Stack
@@ -52,26 +54,33 @@ GPU_RESULTS = ROOT / "bench" / "results" / "h200.json"
 GPU_FAST_EDIT = "exact/fast_edit_8step"
 """The runner's exact (regionally compiled) fast edit, 8 steps at 1280x720: what a GPU worker's model time is."""
 BUDGET_PERCENT = 3.0
-REQUEST = {"prompt": "make the box blue", "mode": "fast", "num_inference_steps": 1, "width": 64, "height": 64}
-VARIANTS: dict[str, list[str]] = {"png": ["image"], "png+mp4": ["image", "video"]}
+REQUEST = {"prompt": "make the box blue", "mode": "fast", "num_inference_steps": 1}
 WAIT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A request shape: the outputs asked for, and the size of the input photo and of the output."""
+
+    outputs: tuple[str, ...]
+    width: int
+    height: int
+
+
+SMALL = {"png": Variant(("image",), 64, 64), "png+mp4": Variant(("image", "video"), 64, 64)}
+LARGE = {"png@1280x720": Variant(("image",), 1280, 720)}
 STAGES = ("queue_wait", "input_load", "inference", "encode", "upload")
 
 
-def photo(size: int = 64, seed: int = 0) -> str:
-    """A small PNG with a photo's entropy (a gradient, a box, noise), base64: the bytes real clients send."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (size, size))
-    image.putdata(
-        [
-            (min(255, x * 4 + rng.randrange(24)), min(255, y * 4 + rng.randrange(24)), rng.randrange(64))
-            for y in range(size)
-            for x in range(size)
-        ]
-    )
-    image.paste((200, 30, 30), (size // 3, size // 4, size // 2, size // 2))
+def photo(width: int, height: int, seed: int = 0) -> str:
+    """A PNG with a photo's make-up (smooth shapes, a gradient, a little sensor noise), base64: what clients send."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8))
+    shapes = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
+    gradient = np.linspace(0, 80, width)[None, :, None]
+    pixels = np.clip(0.6 * shapes + gradient + rng.normal(0, 3, shapes.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -161,18 +170,24 @@ def gpu_fast_edit() -> dict[str, Any]:
     }
 
 
-def run_variants(stack: Stack, jobs: int, warmup: int) -> dict[str, list[dict[str, Any]]]:
-    """`warmup` uncounted jobs, then `jobs` per variant, interleaved so both see the same machine."""
-    key = stack.key("overhead")
-    image = photo()
-    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=stack.base_url, headers=headers, timeout=WAIT_SECONDS + 30) as client:
-        for index in range(warmup + jobs):
-            for name, outputs in VARIANTS.items():
-                ran = run_job(client, {**REQUEST, "outputs": outputs, "image_base64": image})
-                if index >= warmup:
-                    measured[name].append(measure(ran["job"], ran["end_to_end_s"]))
+def run_variants(client: httpx.Client, variants: dict[str, Variant], jobs: int, warmup: int) -> dict[str, Any]:
+    """`warmup` uncounted jobs, then `jobs` per variant, the variants taking turns so they see the same machine."""
+    bodies = {
+        name: {
+            **REQUEST,
+            "outputs": list(v.outputs),
+            "width": v.width,
+            "height": v.height,
+            "image_base64": photo(v.width, v.height),
+        }
+        for name, v in variants.items()
+    }
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for index in range(warmup + jobs):
+        for name, body in bodies.items():
+            ran = run_job(client, body)
+            if index >= warmup:
+                measured[name].append(measure(ran["job"], ran["end_to_end_s"]))
     return measured
 
 
@@ -180,6 +195,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200, help="measured jobs per variant")
     parser.add_argument("--warmup", type=int, default=5, help="jobs per variant run first and not counted")
+    parser.add_argument("--large-jobs", type=int, default=5, help="measured 1280x720 jobs (after one not counted)")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the data folder (logs) after the run")
     args = parser.parse_args()
@@ -190,12 +206,18 @@ def main() -> int:
     stack = Stack(data, log_level="INFO")
     try:
         stack.start_workers(1)
-        measured = run_variants(stack, args.jobs, args.warmup)
+        headers = {"Authorization": f"Bearer {stack.key('overhead')}"}
+        with httpx.Client(base_url=stack.base_url, headers=headers, timeout=WAIT_SECONDS + 30) as client:
+            measured = run_variants(client, SMALL, args.jobs, args.warmup)
+            if args.large_jobs > 0:
+                measured |= run_variants(client, LARGE, args.large_jobs, warmup=1)
         dead = [child.name for child in stack.children if not child.alive()]
     finally:
         stack.stop()
+    variants = {name: vars(variant) for name, variant in (SMALL | LARGE).items() if name in measured}
+    settings = {"jobs": args.jobs, "warmup": args.warmup, "large_jobs": args.large_jobs, "cpus": os.cpu_count()}
     results = {
-        "settings": {"jobs": args.jobs, "warmup": args.warmup, "request": REQUEST, "cpus": os.cpu_count()},
+        "settings": settings | {"request": REQUEST, "variants": variants},
         "gpu_fast_edit": gpu,
         "summary": {name: summarise(jobs, gpu["seconds"]) for name, jobs in measured.items()},
         "jobs": measured,

@@ -19,7 +19,8 @@ JOBS = 4
 
 def test_every_sequential_job_is_accounted_for_with_its_overhead(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
-    argv = [sys.executable, "-m", "bench.service_overhead", "--jobs", str(JOBS), "--warmup", "1", "--out", str(out)]
+    argv = [sys.executable, "-m", "bench.service_overhead", "--jobs", str(JOBS), "--warmup", "1", "--large-jobs", "0"]
+    argv += ["--out", str(out)]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
     assert out.exists(), result.stderr[-4000:]
     report = json.loads(out.read_text())
