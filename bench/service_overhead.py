@@ -191,6 +191,16 @@ def run_variants(client: httpx.Client, variants: dict[str, Variant], jobs: int, 
     return measured
 
 
+def render(results: dict[str, Any]) -> str:
+    """Indented JSON with each of the hundreds of jobs on one line."""
+    head = json.dumps({name: value for name, value in results.items() if name != "jobs"}, indent=2)
+    variants = [
+        f"    {json.dumps(name)}: [\n" + ",\n".join(f"      {json.dumps(job)}" for job in jobs) + "\n    ]"
+        for name, jobs in results["jobs"].items()
+    ]
+    return head.removesuffix("\n}") + ',\n  "jobs": {\n' + ",\n".join(variants) + "\n  }\n}\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200, help="measured jobs per variant")
@@ -226,7 +236,7 @@ def main() -> int:
     print(json.dumps(results["summary"], indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(render(results))
     if not args.keep:
         shutil.rmtree(data, ignore_errors=True)
     else:
