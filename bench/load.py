@@ -76,7 +76,8 @@ class Latencies:
 class Stack:
     """Redis, the API and the workers as child processes of this script, sharing one data folder."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, log_level: str | None = None) -> None:
+        """Start Redis and the API; `log_level` is every child's (default: CHRONOEDIT_LOG_LEVEL, else WARNING)."""
         from chronoedit_core.tiny import write_tiny_model
 
         self.data = data
@@ -95,7 +96,7 @@ class Stack:
             "CHRONOEDIT_PORT": str(self.api_port),
             "CHRONOEDIT_METRICS_PORT": "0",
             "CHRONOEDIT_LOG_FORMAT": "plain",
-            "CHRONOEDIT_LOG_LEVEL": os.environ.get("CHRONOEDIT_LOG_LEVEL", "WARNING"),
+            "CHRONOEDIT_LOG_LEVEL": log_level or os.environ.get("CHRONOEDIT_LOG_LEVEL", "WARNING"),
         }
         self.children: list[Child] = [start_redis(self.redis_port, data / "redis", log=data / "redis.log")]
         self.redis = redis.Redis(port=self.redis_port)

@@ -209,6 +209,7 @@ def test_cancel_queued_and_running_jobs(client: httpx.Client) -> None:
     done = wait_job(client, running["id"])
     assert done["status"] == "canceled" and done["outputs"] == {}
     assert 2 <= done["progress"]["step"] < 80, "it stopped within a step of the request"
+    assert done["timings"]["input_load"] is not None and done["timings"]["inference"] is None, "the stages it finished"
     assert wait_job(client, queued["id"])["status"] == "canceled"
 
     after = wait_job(client, submit(client, prompt="x", width=32, height=32)["id"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from chronoedit_core.encoding import encode_png
 from chronoedit_core.errors import ImageTooLargeError, InvalidImageError
 from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.sizing import check_output_size, default_output_size
@@ -113,3 +114,11 @@ def test_multi_picture_jpeg_is_a_jpeg() -> None:
     decoded = decode_image(data, LIMITS)
     assert decoded.format == "JPEG" and decoded.content_type == "image/jpeg"
     assert decoded.image.getpixel((8, 8))[0] > 150, "the first picture"
+
+
+def test_png_output_is_lossless_and_compressed_at_zlibs_fastest_level() -> None:
+    image = Image.effect_noise((64, 48), 40).convert("RGB")
+    data = encode_png(image)
+    assert Image.open(io.BytesIO(data)).tobytes() == image.tobytes()
+    idat = data.index(b"IDAT") + 4
+    assert data[idat + 1] >> 6 == 0, "the zlib header's FLEVEL: 0 is the fastest level (1), 2 Pillow's default (6)"

@@ -61,8 +61,12 @@ def test_server_sent_events_stream_every_step_then_close(client: httpx.Client) -
     assert names[0] in ("queued", "started", "progress")
     assert names[-1] == "succeeded" and events[-1][1]["status"] == "succeeded"
     assert events[-1][1]["outputs"]["image"]["url"]
-    steps = [data["progress"]["step"] for name, data in events if name == "progress"]
+    progress = [data["progress"] for name, data in events if name == "progress"]
+    steps = [p["step"] for p in progress]
     assert steps == sorted(steps) and steps[-1] == 6
+    assert [p["stage"] for p in progress] == ["denoising"] * (len(progress) - 1) + ["decoding"], "the last starts it"
+    started = [data["progress"]["stage"] for name, data in events if name == "started"]
+    assert started == ([] if names[0] == "progress" else ["loading"]), "a claimed job loads its input first"
     if names[0] == "queued":
         assert steps == [1, 2, 3, 4, 5, 6], "one event per step"
     assert all(data["id"] == job["id"] for _, data in events)

@@ -57,6 +57,9 @@ def test_killed_worker_job_reruns_on_another_worker(make_stack) -> None:
         assert all("/attempts/2/" in f["url"] for f in done["outputs"].values())
         assert committed_attempts(stack, job_id) == {"2"}, "only the finishing attempt wrote outputs"
         assert httpx.get(done["outputs"]["image"]["url"]).status_code == 200
+        timings = done["timings"]
+        final_attempt = sum(timings[name] for name in ("queue_wait", "input_load", "inference", "encode", "upload"))
+        assert timings["total"] - final_attempt >= 3, "the lost attempt, to its lease's expiry, shows only in total"
 
 
 def test_worker_lost_on_every_attempt_fails_the_job(make_stack) -> None:
@@ -71,6 +74,7 @@ def test_worker_lost_on_every_attempt_fails_the_job(make_stack) -> None:
     assert done["status"] == "failed"
     assert done["error"]["code"] == "worker_lost"
     assert done["attempt"] == 1
+    assert done["timings"]["queue_wait"] >= 0 and done["timings"]["inference"] is None, "no stage of it finished"
 
 
 def test_killed_pool_child_is_replaced_and_job_reruns(make_stack) -> None:

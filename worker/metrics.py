@@ -26,9 +26,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.jobs.metrics import job_labels, observe_stage
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, StageSeconds, WorkerStage
 from service.logs import log_context
-from service.metrics import Stage
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -118,12 +117,14 @@ _EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared aga
 
 
 @contextmanager
-def timed_stage(job: JobRecord, stage: Stage) -> Iterator[None]:
-    """Time the block as `stage` of `job` (histogram and a log line); a stage that raises is not observed."""
+def timed_stage(job: JobRecord, stage: WorkerStage, stages: StageSeconds) -> Iterator[None]:
+    """Time the block as `stage` of `job`: a histogram observation, a log line, and `stages[stage]` (which the job
+    record's `timings` keep when the attempt finishes). A stage that raises is not observed."""
     started = time.perf_counter()
     with log_context(stage=stage):
         yield
         seconds = time.perf_counter() - started
+        stages[stage] = seconds
         observe_stage(job, stage, seconds)
         logger.info("stage %s done in %.3f s", stage, seconds, extra={"duration_s": round(seconds, 6)})
 

@@ -43,7 +43,16 @@ from service.jobs.batches import BatchStore
 from service.jobs.cache import ResultCache, cache_key
 from service.jobs.lanes import BatchLane
 from service.jobs.metrics import init_job_series
-from service.jobs.record import EditParams, JobRecord, RanWith, Stage, StoredFile, attempt_prefix, output_key
+from service.jobs.record import (
+    EditParams,
+    JobRecord,
+    RanWith,
+    Stage,
+    StageSeconds,
+    StoredFile,
+    attempt_prefix,
+    output_key,
+)
 from service.jobs.registry import WorkerRegistry
 from service.jobs.store import JobStore
 from service.logs import bind_log_context
@@ -244,23 +253,22 @@ class WorkerRuntime:
     def execute(self, job_id: str) -> None:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
         job = self._durably(
-            lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self._in_canceled_batch(job_id))
+            lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self.batches.is_canceled)
         )
         if job is None:
             logger.info("job %s: not claimable (finished, or running elsewhere); message dropped", job_id)
             return
         bind_log_context(job_id=job.id, request_id=job.request_id, attempt=job.attempt)
         job_claimed(job, self.placement.device)
+        stages: StageSeconds = {}
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
             key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
             reused = self.reuse.reuse(job, key) if key is not None else None
-            outputs, source = reused if reused is not None else (self._run(job), None)
+            outputs, source = reused if reused is not None else (self._run(job, stages), None)
             ran_with = self._ran_with(job, ran_here=source is None)
-            if not self._durably(
-                lambda: self.store.succeed(job_id, job.attempt, outputs, ran_with, cached_from=source)
-            ):
+            if not self._durably(lambda: self.store.succeed(job_id, job.attempt, outputs, ran_with, source, stages)):
                 logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
                 self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
             else:
@@ -270,12 +278,12 @@ class WorkerRuntime:
         except EditStopped as exc:
             logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
             steps = exc.steps_done
-            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps))
+            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps, stages))
         except JobFailed as exc:
-            self._fail(job, exc.code, exc.message)
+            self._fail(job, exc.code, exc.message, stages)
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", job_id)
-            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}")
+            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}", stages)
         finally:
             self.current = None
             self._announce()
@@ -306,14 +314,9 @@ class WorkerRuntime:
         )
         return retrying(write)
 
-    def _in_canceled_batch(self, job_id: str) -> bool:
-        """Whether the job is an item of a canceled batch (its cancel may have stopped before reaching this item)."""
-        job = self.store.get(job_id)
-        return job is not None and job.batch_id is not None and self.batches.is_canceled(job.batch_id)
-
-    def _fail(self, job: JobRecord, code: str, message: str) -> None:
+    def _fail(self, job: JobRecord, code: str, message: str, stages: StageSeconds) -> None:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
-        self._durably(lambda: self.store.fail(job.id, job.attempt, code, message))
+        self._durably(lambda: self.store.fail(job.id, job.attempt, code, message, stages))
 
     def _ran_with(self, job: JobRecord, ran_here: bool) -> RanWith:
         """The weights and numerics: `dtype` is the transformer's matrix multiplies (FP8 when the job asked for it or
@@ -332,16 +335,17 @@ class WorkerRuntime:
             vae_tiling=list(tiled),
         )
 
-    def _run(self, job: JobRecord) -> dict[str, StoredFile]:
-        self._stage(job, "loading")
-        with timed_stage(job, "input_load"):
+    def _run(self, job: JobRecord, stages: StageSeconds) -> dict[str, StoredFile]:
+        """Run the claimed attempt (the claim put it in the `loading` stage), timing each stage into `stages`; the
+        stored outputs."""
+        with timed_stage(job, "input_load", stages):
             image = self._read_input(job)
-        with timed_stage(job, "inference"):
+        with timed_stage(job, "inference", stages):
             result = self._denoise(job, image)
         self._stage(job, "uploading")
-        with timed_stage(job, "encode"):
+        with timed_stage(job, "encode", stages):
             files = self._encode(job, result)
-        with timed_stage(job, "upload"):
+        with timed_stage(job, "upload", stages):
             return self._upload(job, files)
 
     def _stage(self, job: JobRecord, stage: Stage) -> None:
@@ -388,15 +392,15 @@ class WorkerRuntime:
 
         def on_step(step: int, total: int) -> bool:
             step_timer(step, total)
+            stage: Stage = "decoding" if step == total else "denoising"  # the last step's write starts decoding
             try:
-                return self.store.set_progress(job.id, job.attempt, step, total)
+                return self.store.set_progress(job.id, job.attempt, step, total, stage)
             except REDIS_DOWN as exc:  # progress is news, not state: denoising goes on while Redis restarts
                 logger.warning("job %s: progress not recorded (%s); carrying on", job.id, exc)
                 return True
 
         try:
             latents = self.denoise(request, p.loras, prepare_image(image, p.width, p.height), on_step=on_step)
-            self._stage(job, "decoding")
             return EditResult(frames=frames_to_images(self.runner.decode(latents, p.temporal_reasoning)))
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():

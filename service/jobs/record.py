@@ -24,6 +24,10 @@ EnhancePolicy = Literal["required", "best_effort"]
 """What a job does when its prompt enhancer fails or times out: fail (`enhancer_unavailable`) or run with the
 user's own prompt."""
 EnhanceStatus = Literal["pending", "succeeded", "failed"]
+WorkerStage = Literal["input_load", "inference", "encode", "upload"]
+"""What a GPU worker times of an attempt, in order: read and decode the input, the pipeline call (denoising and
+VAE decoding), encode the outputs (PNG/MP4), write them to storage."""
+StageSeconds = dict[WorkerStage, float]
 EventType = Literal["queued", "started", "progress", "succeeded", "failed", "canceled"]
 TERMINAL_EVENTS: tuple[EventType, ...] = ("succeeded", "failed", "canceled")
 DEFAULT_TENANT = "default"
@@ -116,6 +120,43 @@ class Enhancement(BaseModel):
     finished_at: float | None = None
 
 
+class JobTimings(BaseModel):
+    """Where a finished job's time went, in seconds, measured for its final attempt (a lost attempt's time shows
+    only in `total`). The worker's stages are timed on its monotonic clock; `queue_wait` and `total` are differences
+    of the record's timestamps, which the API and the workers write on their own clocks (clock skew between hosts
+    shows up there, clamped at 0)."""
+
+    enhance: float | None = None
+    """Created to the prompt enhancement finished; only for jobs that asked for it."""
+    queue_wait: float | None = None
+    """Entered the GPU queue (created, enhanced, or claimable again after a lost attempt) to claimed by a worker;
+    None when no worker claimed the final attempt."""
+    input_load: float | None = None
+    inference: float | None = None
+    encode: float | None = None
+    upload: float | None = None
+    total: float
+    """Created to finished."""
+
+    @classmethod
+    def of(cls, job: JobRecord, finished_at: float, stages: StageSeconds | None = None) -> JobTimings:
+        """The timings of `job` finishing at `finished_at` after its final attempt ran `stages` (those it finished;
+        none when no worker ran it to the end, or it reused another job's outputs)."""
+        enhanced = job.enhancement.finished_at if job.enhancement is not None else None
+        queued = max(job.created_at, enhanced or 0.0, job.requeued_at or 0.0)
+        claimed = job.started_at if job.started_at is not None and job.started_at >= queued else None
+        return cls(
+            enhance=_seconds(enhanced - job.created_at) if enhanced is not None else None,
+            queue_wait=_seconds(claimed - queued) if claimed is not None else None,
+            **{stage: _seconds(seconds) for stage, seconds in (stages or {}).items()},
+            total=_seconds(finished_at - job.created_at),
+        )
+
+
+def _seconds(value: float) -> float:
+    return round(max(value, 0.0), 6)
+
+
 class JobError(BaseModel):
     code: str
     message: str
@@ -134,6 +175,8 @@ class JobRecord(BaseModel):
     attempt: int = 0
     """Number of times a worker claimed the job; the current attempt is the only one allowed to finalise."""
     lease_expires_at: float | None = None
+    requeued_at: float | None = None
+    """When the job became claimable again after a lost attempt (its lease expired); its queue wait counts from here."""
     worker: str | None = None
     outputs: dict[str, StoredFile] = Field(default_factory=dict)
     error: JobError | None = None
@@ -155,6 +198,8 @@ class JobRecord(BaseModel):
     cancel_requested_at: float | None = None
     """Set by `POST /v1/edits/{id}/cancel` on a running job; its worker stops at the next denoising step."""
     ran_with: RanWith | None = None
+    timings: JobTimings | None = None
+    """Set by the transition that finishes the job."""
     lane: Lane = "interactive"
     batch_id: str | None = None
     """The batch the job is an item of, its place in the batch, its client `reference` (unique in the batch) and

@@ -14,7 +14,16 @@ import redis
 from service.jobs import events
 from service.jobs.batches import BatchClosed, BatchRecord, DuplicateReference
 from service.jobs.metrics import record_terminal
-from service.jobs.record import JobError, JobRecord, JobStatus, RanWith, Stage, StoredFile
+from service.jobs.record import (
+    JobError,
+    JobRecord,
+    JobStatus,
+    JobTimings,
+    RanWith,
+    Stage,
+    StageSeconds,
+    StoredFile,
+)
 
 Transition = Callable[[JobRecord], JobRecord | None]
 """Takes the current record and returns the new one, or None to leave it unchanged."""
@@ -120,9 +129,10 @@ class JobStore:
 
     # --- transitions -------------------------------------------------------------------------------------------
 
-    def claim(self, job_id: str, worker: str, batch_canceled: bool = False) -> JobRecord | None:
+    def claim(self, job_id: str, worker: str, batch_canceled: Callable[[str], bool] | None = None) -> JobRecord | None:
         """Start a new attempt if the job is queued, or running under an expired lease. None: not ours to run.
-        `batch_canceled`: the job is an item of a canceled batch, which ends it `canceled` instead."""
+        `batch_canceled(batch_id)` is asked about a batch item's batch: an item of a canceled batch ends `canceled`
+        instead. The new attempt starts in the `loading` stage (the worker reads its input first)."""
 
         def transition(job: JobRecord) -> JobRecord | None:
             now = time.time()
@@ -131,7 +141,10 @@ class JobStore:
                 return None
             if job.status.is_terminal() or (job.status == JobStatus.RUNNING and lease_live):
                 return None
-            if job.cancel_requested_at is not None or batch_canceled:  # asked to stop while no worker ran it
+            if job.status == JobStatus.RUNNING:  # its last attempt was lost: claimable since its lease expired
+                job = job.model_copy(update={"requeued_at": job.lease_expires_at})
+            in_canceled_batch = job.batch_id is not None and batch_canceled is not None and batch_canceled(job.batch_id)
+            if job.cancel_requested_at is not None or in_canceled_batch:  # asked to stop while no worker ran it
                 return _canceled(job, job.progress.step)
             if job.attempt >= self.max_attempts:
                 return _failed(job, "attempts_exhausted", f"the job was started {job.attempt} times and never finished")
@@ -142,7 +155,7 @@ class JobStore:
                     "worker": worker,
                     "started_at": now,
                     "lease_expires_at": now + self.lease_seconds,
-                    "progress": job.progress.model_copy(update={"step": 0}),
+                    "progress": job.progress.model_copy(update={"step": 0, "stage": "loading"}),
                 }
             )
 
@@ -176,16 +189,20 @@ class JobStore:
         outputs: dict[str, StoredFile],
         ran_with: RanWith | None = None,
         cached_from: str | None = None,
+        stages: StageSeconds | None = None,
     ) -> bool:
-        """Finalise the current attempt; `cached_from` names the job whose outputs were reused instead of a run."""
+        """Finalise the current attempt; `cached_from` names the job whose outputs were reused instead of a run,
+        `stages` what the attempt's stages took (kept in the record's `timings`)."""
 
         def transition(job: JobRecord) -> JobRecord | None:
             if not _is_current(job, attempt):
                 return None
+            now = time.time()
             update = {
                 "status": JobStatus.SUCCEEDED,
                 "outputs": outputs,
-                "finished_at": time.time(),
+                "finished_at": now,
+                "timings": JobTimings.of(job, now, stages),
                 "ran_with": ran_with,
                 "cached_from": cached_from,
             }
@@ -208,17 +225,19 @@ class JobStore:
 
         return self.update(job_id, transition)
 
-    def finish_canceled(self, job_id: str, attempt: int, steps_done: int) -> bool:
-        """The running attempt stopped on request after `steps_done` denoising steps."""
+    def finish_canceled(self, job_id: str, attempt: int, steps_done: int, stages: StageSeconds | None = None) -> bool:
+        """The running attempt stopped on request after `steps_done` denoising steps and the `stages` it finished."""
 
         def transition(job: JobRecord) -> JobRecord | None:
-            return _canceled(job, steps_done) if _is_current(job, attempt) else None
+            return _canceled(job, steps_done, stages) if _is_current(job, attempt) else None
 
         return self.update(job_id, transition) is not None
 
-    def fail(self, job_id: str, attempt: int, code: str, message: str) -> bool:
+    def fail(self, job_id: str, attempt: int, code: str, message: str, stages: StageSeconds | None = None) -> bool:
+        """The running attempt failed after the `stages` it finished."""
+
         def transition(job: JobRecord) -> JobRecord | None:
-            return _failed(job, code, message) if _is_current(job, attempt) else None
+            return _failed(job, code, message, stages) if _is_current(job, attempt) else None
 
         return self.update(job_id, transition) is not None
 
@@ -235,7 +254,8 @@ class JobStore:
             if job.attempt >= self.max_attempts:
                 message = f"the worker stopped responding during each of {job.attempt} attempts"
                 return _failed(job, "worker_lost", message)
-            return job.model_copy(update={"status": JobStatus.QUEUED, "lease_expires_at": None, "worker": None})
+            update = {"status": JobStatus.QUEUED, "requeued_at": job.lease_expires_at, "lease_expires_at": None}
+            return job.model_copy(update={**update, "worker": None})
 
         return self.update(job_id, transition)
 
@@ -353,18 +373,21 @@ def _is_current(job: JobRecord, attempt: int) -> bool:
     return job.status == JobStatus.RUNNING and job.attempt == attempt
 
 
-def _canceled(job: JobRecord, steps_done: int) -> JobRecord:
+def _canceled(job: JobRecord, steps_done: int, stages: StageSeconds | None = None) -> JobRecord:
+    now = time.time()
     progress = job.progress.model_copy(update={"step": steps_done, "stage": "done"})
-    update = {"status": JobStatus.CANCELED, "finished_at": time.time(), "lease_expires_at": None, "progress": progress}
-    return job.model_copy(update=update)
+    update = {"status": JobStatus.CANCELED, "finished_at": now, "timings": JobTimings.of(job, now, stages)}
+    return job.model_copy(update={**update, "lease_expires_at": None, "progress": progress})
 
 
-def _failed(job: JobRecord, code: str, message: str) -> JobRecord:
+def _failed(job: JobRecord, code: str, message: str, stages: StageSeconds | None = None) -> JobRecord:
+    now = time.time()
     return job.model_copy(
         update={
             "status": JobStatus.FAILED,
             "error": JobError(code=code, message=message),
-            "finished_at": time.time(),
+            "finished_at": now,
+            "timings": JobTimings.of(job, now, stages),
             "lease_expires_at": None,
         }
     )

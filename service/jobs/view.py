@@ -83,6 +83,28 @@ class EnhancementView(BaseModel):
     shared: bool = Field(description="Reused from an identical enhancement (same instruction and image bytes).")
 
 
+class TimingsView(BaseModel):
+    """Seconds. The worker's stages are those of the job's final attempt: a job that failed or was canceled midway
+    has only those it got through, one that reused an earlier job's outputs has none."""
+
+    enhance: float | None = Field(description="Created to its prompt enhancement finished (only jobs that asked).")
+    queue_wait: float | None = Field(
+        description="Waiting for a worker: from entering the GPU queue (created, enhanced, or put back after a lost "
+        "attempt) to claimed; null when no worker started the final attempt."
+    )
+    input_load: float | None = Field(description="The worker reading and decoding the input image.")
+    inference: float | None = Field(
+        description="The model: encoding the prompt and image, denoising (with its per-step progress updates) and "
+        "decoding the frames."
+    )
+    encode: float | None = Field(description="Encoding the outputs (PNG, MP4).")
+    upload: float | None = Field(description="Writing the outputs to storage.")
+    total: float = Field(
+        description="Created to finished. What the other timings leave of it is the service's own bookkeeping "
+        "between them (the job record's state changes)."
+    )
+
+
 class ErrorView(BaseModel):
     code: str
     message: str
@@ -117,6 +139,9 @@ class JobView(BaseModel):
         None,
         description="The weights the job ran with (manifest and adapter digests) and its numerics: `dtype` "
         "(`float8_e4m3fn` when it ran FP8), the worker's `memory_profile`, the VAE stages tiled to fit (`vae_tiling`).",
+    )
+    timings: TimingsView | None = Field(
+        None, description="Where the job's time went, in seconds; null until it finished."
     )
     batch_id: str | None = Field(None, description="The batch this job is an item of.")
     reference: str | None = Field(None, description="The batch item's client reference (unique in its batch).")
@@ -193,6 +218,7 @@ def render_job(job: JobRecord, storage: Storage, base_url: str, url_ttl: int, re
         outputs=outputs,
         cancel_requested_at=timestamp(job.cancel_requested_at),
         ran_with=job.ran_with,
+        timings=TimingsView(**job.timings.model_dump()) if job.timings and job.status.is_terminal() else None,
         error=ErrorView(**job.error.model_dump()) if job.error else None,
         expires_at=_expires_at(job, retention),
         files_deleted_at=timestamp(job.files_deleted_at),
