@@ -1,5 +1,5 @@
-"""Issue 5's "done when": a job through the real stack, then both `/metrics` endpoints read with Prometheus's own text
-parser, and the JSON log lines of the API and the worker."""
+"""Observability end to end: a job through the real stack, then both `/metrics` endpoints read with Prometheus's own
+text parser, and the JSON log lines of the API and the worker."""
 
 from __future__ import annotations
 
