@@ -44,6 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C raises KeyboardInterrupt even where the parent shell started us with SIGINT ignored (a non-interactive
+    # shell does that to background commands), which Python would otherwise inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         children.append(start_redis(redis_port, data / "redis", log=logs / "redis.log"))
         children.append(Child("worker", python_module("service.cli", "worker"), env, log=logs / "worker.log"))
