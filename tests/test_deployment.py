@@ -323,12 +323,12 @@ def test_an_edit_runs_through_the_containers(
         worker_env = {**env, "CHRONOEDIT_DEVICE": "cpu", "CHRONOEDIT_METRICS_PORT": "0"}
         containers.start(images["worker"], worker_env, volumes=(f"{readable_model}:/models/chronoedit:ro",))
         job = _submit_and_wait(f"http://127.0.0.1:{port}", receiver, containers)
+        assert job["status"] == "succeeded", containers.logs()
+        assert job["ran_with"]["device"] == "cpu" and job["outputs"]["image"]["content_type"] == "image/png"
+        [delivery] = receiver.wait_for("/hook", 1, timeout=60)  # the receiver must still listen
+        assert json.loads(delivery.body)["type"] == "edit.succeeded"
     finally:
         server.shutdown()
-    assert job["status"] == "succeeded", containers.logs()
-    assert job["ran_with"]["device"] == "cpu" and job["outputs"]["image"]["content_type"] == "image/png"
-    [delivery] = receiver.wait_for("/hook", 1, timeout=60)
-    assert json.loads(delivery.body)["type"] == "edit.succeeded"
 
 
 def _submit_and_wait(base: str, receiver: Receiver, containers: Containers, timeout: float = 300) -> dict[str, Any]:
