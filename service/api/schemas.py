@@ -130,11 +130,9 @@ class ParallelLayoutModel(BaseModel):
     ring: int = Field(description="Ring-attention sequence-parallel degree.")
 
 
-class WorkerRank(BaseModel):
-    """One rank (one GPU) of a worker group."""
+class GpuMemory(BaseModel):
+    """A GPU's memory and what the worker's memory profile admits on it."""
 
-    rank: int
-    device: str
     gpu_free_bytes: int | None = None
     gpu_total_bytes: int | None = None
     memory_profile: str | None = Field(
@@ -153,6 +151,13 @@ class WorkerRank(BaseModel):
         "measured at start; larger jobs fail `too_large_for_device` before any GPU work. Null off the GPU.",
     )
     max_reasoning_area: int | None = Field(None, description="The same for a 29-frame temporal-reasoning job.")
+
+
+class WorkerRank(GpuMemory):
+    """One rank (one GPU) of a worker group."""
+
+    rank: int
+    device: str
 
 
 class PromptEnhanceCreate(BaseModel):
@@ -187,7 +192,7 @@ class PromptEnhancement(BaseModel):
     shared: bool = Field(description="Reused from an identical earlier enhancement (same instruction and image).")
 
 
-class WorkerModel(BaseModel):
+class WorkerModel(GpuMemory):
     """What one ready worker, or worker group, holds."""
 
     name: str
@@ -196,24 +201,6 @@ class WorkerModel(BaseModel):
     dtype: str
     base_digest: str | None = Field(description="SHA-256 over the model manifest's file digests; None if unverified.")
     loras: dict[str, str] = Field(description="Adapter name -> SHA-256 of its file.")
-    gpu_free_bytes: int | None = None
-    gpu_total_bytes: int | None = None
-    memory_profile: str | None = Field(
-        None,
-        description="What the worker keeps on its GPU: `resident`, `fp8-resident`, `lean`, `fp8-offload` or "
-        "`offload` (README, Memory profiles).",
-    )
-    exact: bool | None = Field(
-        None,
-        description="Whether jobs that do not ask for `fp8` run the exact bfloat16 path. False under the FP8 "
-        "profiles: every job there runs with FP8 weights, and its `ran_with.dtype` says `float8_e4m3fn`.",
-    )
-    max_area: int | None = Field(
-        None,
-        description="The largest output area (pixels) of a 5-frame edit this worker admits under its memory profile, "
-        "measured at start; larger jobs fail `too_large_for_device` before any GPU work. Null off the GPU.",
-    )
-    max_reasoning_area: int | None = Field(None, description="The same for a 29-frame temporal-reasoning job.")
     gpus: int | None = Field(None, description="A worker group: how many GPUs run each of its jobs together.")
     layout: ParallelLayoutModel | None = Field(None, description="A worker group: how it splits each job.")
     ranks: list[WorkerRank] | None = Field(None, description="A worker group: each rank's device and GPU memory.")
