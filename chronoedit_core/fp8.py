@@ -45,8 +45,8 @@ def quantize(weight: torch.Tensor, compute: torch.device) -> tuple[torch.Tensor,
 class Fp8Linear(nn.Module):
     linear: nn.Linear
     """The original layer: its bias always, and its bf16 weight unless the FP8 weight replaced it (`stored`)."""
-    weight_fp8: torch.Tensor
-    weight_scale: torch.Tensor
+    weight_fp8: nn.Parameter
+    weight_scale: nn.Parameter
 
     def __init__(
         self, linear: nn.Linear, stored: bool = False, compute: torch.device | None = None, home: str | None = None
@@ -54,8 +54,10 @@ class Fp8Linear(nn.Module):
         super().__init__()
         home_device = torch.device(home) if home is not None else linear.weight.device
         weight_fp8, scale = quantize(linear.weight, compute or linear.weight.device)
-        self.register_buffer("weight_fp8", weight_fp8.to(home_device), persistent=False)
-        self.register_buffer("weight_scale", scale.to(home_device), persistent=False)
+        # Parameters, not buffers: diffusers' streamed group offloading (0.42) returns only parameters to host
+        # memory after a block ran, so FP8 buffers would pile up on the GPU block by block.
+        self.weight_fp8 = nn.Parameter(weight_fp8.to(home_device), requires_grad=False)
+        self.weight_scale = nn.Parameter(scale.to(home_device), requires_grad=False)
         self.stored = stored
         self.enabled = stored
         if stored:

@@ -5,7 +5,7 @@ size admission (`chronoedit_core/memory.py`) uses its peak-memory model. Torch-f
 
 | profile | transformer | text encoder | image encoder | VAE tiling | output | picked by `auto` |
 |---|---|---|---|---|---|---|
-| `resident` | bf16 on the GPU | GPU | GPU | never | exact | >= 70 GiB |
+| `resident` | bf16 on the GPU | GPU | GPU | when needed | exact (untiled) | >= 70 GiB |
 | `fp8-resident` | FP8 on the GPU | streamed in | GPU | when needed | FP8 deviation | >= 40 GiB, FP8 GPU |
 | `lean` | bf16 on the GPU | streamed in | GPU | when needed | exact (untiled) | >= 44 GiB, no FP8 |
 | `fp8-offload` | FP8, blocks streamed | streamed in | streamed in | when needed | FP8 deviation | FP8 GPU |
@@ -58,19 +58,23 @@ class StageModel:
 DENOISE = StageModel(fixed=0, per_pixel_5=15_700, per_pixel_29=17_600)
 DECODE = StageModel(fixed=0, per_pixel_5=21_950, per_pixel_29=23_000)
 
-# PROVISIONAL, reasoned rather than measured (bench/memory_profiles.py measures them; refit from its results): with
-# tiling the VAE works on 256x256-pixel tiles, a fixed working set of about 1.5 GB per tile, while the transformer's
-# activations (about 140 kB per token in bf16, more with FP8's float32 activation scaling) and the blended output
-# still grow with the area: a 5-frame edit has one token per 128 output pixels, a 29-frame one per 32.
-DENOISE_TILED = StageModel(fixed=2 * GiB, per_pixel_5=2_000, per_pixel_29=7_000)
-DECODE_TILED = StageModel(fixed=int(2.5 * GiB), per_pixel_5=400, per_pixel_29=1_600)
+# Tiled stages, fitted to the H100 runs of bench/memory_profiles.py (bench/results/memory_profiles_h100.json, peaks
+# above the idle worker). The VAE works on 256x256-pixel tiles, a working set of about 1.9 GiB for the tiled encode
+# and 1.35 GiB for the tiled decode, measured flat from 1280x720 to 2048x1536. What still grows with the area: during
+# denoising the transformer's activations (at most about 70 kB per token; a 5-frame edit has one token per 128 output
+# pixels, a 29-frame one per 32), during decoding the float32 output frames. Measured tiled peaks: encode 1.99 GiB at
+# 1280x720x5, 1.80 at 2048x1536x5, 2.08 at 1280x720x29; decode 1.43, 1.72 and 1.90 GiB.
+DENOISE_TILED = StageModel(fixed=int(1.9 * GiB), per_pixel_5=550, per_pixel_29=2_200)
+DECODE_TILED = StageModel(fixed=int(1.35 * GiB), per_pixel_5=150, per_pixel_29=700)
 
 TEXT_ENCODER_STREAMED = int(2.5 * GiB)
-"""PROVISIONAL: UMT5-XXL streamed in layer by layer; its largest group is the 2.1 GB token embedding, plus the next
-layer prefetched and 512 tokens of activations."""
-BLOCKS_STREAMED = {"bfloat16": 3 * GiB, "float8": int(1.6 * GiB)}
-"""PROVISIONAL: transformer blocks in flight while streamed: the running block, the prefetched next one and one whose
-memory the side stream still holds (0.81 GB each in bf16, 0.41 GB in FP8), plus the top-level layers (0.5 GB)."""
+"""Not yet measured on its own (the prompt was encoded within every measured cap): UMT5-XXL streamed in layer by
+layer; its largest group is the 2.1 GB token embedding, plus the next layer prefetched and 512 tokens of
+activations."""
+BLOCKS_STREAMED = {"bfloat16": int(1.75 * GiB), "float8": int(1.3 * GiB)}
+"""Transformer blocks in flight while streamed (the running block and the prefetched next one, 0.81 GB each in bf16,
+0.41 GB in FP8 with its float32 scaling), measured as the difference between the streamed and the resident profile at
+the same tiled size: 1.64 GiB in bf16 (2048x1536x5 and 1280x720x29 alike), 1.20 GiB in FP8 (2048x1536x5)."""
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,9 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="gpu",
             text_encoder="gpu",
             image_encoder="gpu",
-            tiling=False,
+            tiling=True,
             min_gib=70,
-            output="none: the exact bf16 path",
+            output="none, except at sizes that need VAE tiling (slightly different pixels there)",
         ),
         MemoryProfile(
             name="fp8-resident",
