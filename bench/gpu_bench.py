@@ -3,9 +3,9 @@
 Builds the real ChronoEdit-14B architecture with random weights directly on the GPU (no weights can be downloaded;
 timing does not depend on weight values), then in one process times, at 1280x720:
   fast edit (8 steps, guidance 1, flow shift 2), standard edit (50 steps, guidance 5), temporal reasoning
-  (29 frames, 8 steps, guidance 1, all steps reasoning); and a catalog upscale to 2048x1536 in fast mode (images per
-  hour: the upscaler LoRA changes weights, not the work; untiled it needs a 141 GB H200: on an 80 GB card the stock
-  pipeline runs out of memory and the runner's `resident` profile refuses the size);
+  (29 frames, 8 steps, guidance 1, all steps reasoning), the `turbo` edit (4 steps of a few-step transformer of the
+  same architecture); and a catalog upscale to 2048x1536 in fast mode (images per hour: the upscaler LoRA changes
+  weights, not the work; on an 80 GB card the runner's `resident` profile tiles the VAE at this size);
 for the stock pipeline, the runner in eager mode (must equal stock), the runner in its exact fast configuration
 (regional torch.compile + attention backend), and opt-in step caching. Reports seconds end to end, seconds per
 transformer forward, achieved TFLOP/s against a bf16 matmul rate measured in the same run, peak memory, the ratio
@@ -32,6 +32,7 @@ from diffusers import AutoencoderKLWan, ChronoEditPipeline, ChronoEditTransforme
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
+from chronoedit_core.memory import prefer_expandable_segments
 from chronoedit_core.runner import EditRequest, EditRunner, RunnerOptions, frames_to_images
 from chronoedit_core.tiny import build_tiny_pipeline, build_tokenizer
 
@@ -65,6 +66,8 @@ class Case:
     reasoning: bool = False
     size: tuple[int, int] | None = None
     """Output size; None: the run's size (1280x720)."""
+    against: str | None = None
+    """Another case whose stock time this one's is also compared with (the mode it replaces for users)."""
 
 
 CASES = [
@@ -72,6 +75,9 @@ CASES = [
     Case("standard_edit_50step", 50, 5.0, 5.0),
     Case("temporal_reasoning_29f_8step", 8, 1.0, 2.0, reasoning=True),
     Case("upscale_2k_fast_8step", 8, 1.0, 2.0, size=(2048, 1536)),
+    # `turbo`: a few-step distilled transformer has the base architecture, so random weights time it as its preset
+    # runs (4 forwards, no guidance, flow shift 5); it replaces the 8-step fast mode for users
+    Case("turbo_edit_4step", 4, 1.0, 5.0, against="fast_edit_8step"),
 ]
 TINY_SIZES = {"upscale_2k_fast_8step": (96, 64)}
 
@@ -227,9 +233,22 @@ def run_ours(runner: EditRunner, case: Case, image: Image.Image, size: tuple[int
 def compare(bench: Bench, label: str, case: Case, fn: Any, stock: dict[str, np.ndarray]) -> None:
     key = f"{label}/{case.name}"
     out = bench.timed(key, fn, bench.timer)
+    if case.name not in stock:  # stock ran out of memory: nothing to compare with
+        return
     bench.results[key]["vs_stock"] = deviation(out, stock[case.name])
     bench.results[key]["speedup"] = bench.results[f"stock/{case.name}"]["s"] / bench.results[key]["s"]
     print(key, "vs stock", json.dumps(bench.results[key]["vs_stock"]), flush=True)
+
+
+def run_stock_case(bench: Bench, pipe: ChronoEditPipeline, case: Case, inputs: Any) -> np.ndarray | None:
+    """Stock's output for `case`, or None when it ran out of GPU memory (recorded; the run goes on)."""
+    try:
+        return bench.timed(f"stock/{case.name}", lambda: run_stock(pipe, case, *inputs(case)), bench.timer)
+    except torch.OutOfMemoryError as exc:
+        bench.results[f"stock/{case.name}"] = {"out_of_memory": str(exc).split(". ")[0]}
+        print(f"stock/{case.name} out of memory", flush=True)
+        torch.cuda.empty_cache()
+        return None
 
 
 def deviation(frames: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -278,7 +297,15 @@ def main() -> None:
         "--cache", default="0.05,0.1", help="FirstBlockCache thresholds to try (last one also with FP8)"
     )
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
+    parser.add_argument(
+        "--fp8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prepare FP8 weight copies and time the opt-in FP8 mode (they take about 15 GiB: on an 80 GB GPU "
+        "--no-fp8 leaves the exact runs the memory they have on a worker without CHRONOEDIT_FP8)",
+    )
     args = parser.parse_args()
+    prefer_expandable_segments()  # the allocator setting workers run with, for stock and runner alike
     device = "cpu" if args.tiny else "cuda"
     size = (64, 48) if args.tiny else (1280, 720)
     cases = [case for case in CASES if not args.cases or case.name in args.cases.split(",")]
@@ -306,14 +333,15 @@ def main() -> None:
     stock: dict[str, np.ndarray] = {}
     bench.timed("stock/warmup", lambda: run_stock(pipe, warm, *inputs(warm)), timer)
     for case in cases:
-        stock[case.name] = bench.timed(f"stock/{case.name}", lambda c=case: run_stock(pipe, c, *inputs(c)), timer)
+        if (out := run_stock_case(bench, pipe, case, inputs)) is not None:
+            stock[case.name] = out
     if CASES[0] in cases:  # the runner without its speed-ups must equal stock
         eager = EditRunner(pipe)
         compare(bench, "eager", CASES[0], lambda: run_ours(eager, CASES[0], *inputs(CASES[0])), stock)
 
     backend = None if args.tiny else pick_attention(pipe, args.attention, bench)
     meta["attention_backend"] = backend
-    options = RunnerOptions(compile=not args.tiny, attention_backend=backend, fp8=not args.tiny)
+    options = RunnerOptions(compile=not args.tiny, attention_backend=backend, fp8=args.fp8 and not args.tiny)
     runner = EditRunner(pipe, options)
     # every shape compiles once before it is timed: one short run per distinct output size and frame count
     shapes = {(inputs(case)[1], case.reasoning): case for case in cases}
@@ -323,6 +351,7 @@ def main() -> None:
         bench.timed(f"exact/compile_{warm_shape.name}", lambda w=warm_shape: run_ours(runner, w, *inputs(w)), timer)
     for case in cases:
         compare(bench, "exact", case, lambda c=case: run_ours(runner, c, *inputs(c)), stock)
+        bench.results[f"exact/{case.name}"]["vae_tiling"] = list(runner.tiled)  # stages the memory profile tiled
     opt_in_cases = [case for case in cases if case in CASES[:2]]
     modes: list[tuple[str, dict[str, Any]]] = [
         (f"cache{t}", {"step_cache_threshold": float(t)}) for t in args.cache.split(",") if t
@@ -339,7 +368,11 @@ def main() -> None:
     for case in cases:
         seconds = bench.results[f"exact/{case.name}"]["s"]
         bench.results[f"exact/{case.name}"]["images_per_hour"] = 3600 / seconds
-        bench.results[f"stock/{case.name}"]["images_per_hour"] = 3600 / bench.results[f"stock/{case.name}"]["s"]
+        if case.name in stock:
+            bench.results[f"stock/{case.name}"]["images_per_hour"] = 3600 / bench.results[f"stock/{case.name}"]["s"]
+        if case.against and f"stock/{case.against}" in bench.results:
+            against = bench.results[f"stock/{case.against}"]["s"]
+            bench.results[f"exact/{case.name}"][f"x_vs_stock_{case.against}"] = against / seconds
     name = "tiny_cpu" if args.tiny else _gpu_label(meta["gpu"])
     if args.cases:
         name += "_" + "_".join(case.name for case in cases)
@@ -406,17 +439,19 @@ def write(out: Path, name: str, meta: dict[str, Any], results: dict[str, Any], c
         "|---" * (len(modes) + 2) + "|",
     ]
     for case in cases:
-        base = results[f"stock/{case.name}"]["s"]
-        cells = [f"{base:.2f}"] + [_cell(results, f"{m}/{case.name}", base) for m in modes]
+        base = results[f"stock/{case.name}"].get("s")
+        cells = [f"{base:.2f}" if base else "out of memory"] + [_cell(results, f"{m}/{case.name}", base) for m in modes]
         lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def _cell(results: dict[str, Any], key: str, base: float) -> str:
+def _cell(results: dict[str, Any], key: str, base: float | None) -> str:
     if key not in results:
         return "-"
     entry = results[key]
+    if base is None:
+        return f"{entry['s']:.2f}"
     return f"{entry['s']:.2f} ({base / entry['s']:.2f}x, {entry['vs_stock']['last_frame_max_abs_px']})"
 
 

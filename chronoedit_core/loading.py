@@ -57,10 +57,18 @@ def check_layout(model_dir: Path) -> None:
         raise ModelLoadError(f"{model_dir} lacks the component folders {', '.join(missing)}")
 
 
-def load_pipeline(model_dir: Path, placement: Placement, profile: MemoryProfile | None = None) -> ChronoEditPipeline:
+def load_pipeline(
+    model_dir: Path,
+    placement: Placement,
+    profile: MemoryProfile | None = None,
+    transformer_dir: Path | None = None,
+) -> ChronoEditPipeline:
     """Load every component from `model_dir`: onto `placement.device`, or, where `profile` streams a component or
-    converts its weights, into host memory. Local files only."""
+    converts its weights, into host memory. `transformer_dir` (a folder with the transformer's `config.json` and
+    weights, e.g. a few-step distillation) replaces the base transformer. Local files only."""
     check_layout(model_dir)
+    if transformer_dir is not None and not (transformer_dir / "config.json").is_file():
+        raise ModelLoadError(f"{transformer_dir} has no config.json; expected a transformer folder in diffusers layout")
     diffusers.utils.logging.disable_progress_bar()  # progress bars would flood the worker logs
     transformers.utils.logging.disable_progress_bar()
     logger.info("loading ChronoEdit from %s on %s (%s)", model_dir, placement.device, placement.dtype)
@@ -77,12 +85,14 @@ def load_pipeline(model_dir: Path, placement: Placement, profile: MemoryProfile 
         "vae": (AutoencoderKLWan, torch.float32),
     }
     with torch.cuda.device(placement.device) if on_gpu else contextlib.nullcontext():
-        components: dict[str, Any] = {
-            name: model_class.from_pretrained(
-                model_dir, subfolder=name, dtype=dtype, local_files_only=True, device_map=homes.get(name)
+        components: dict[str, Any] = {}
+        for name, (model_class, dtype) in classes.items():
+            folder, subfolder = (
+                (transformer_dir, None) if name == "transformer" and transformer_dir else (model_dir, name)
             )
-            for name, (model_class, dtype) in classes.items()
-        }
+            components[name] = model_class.from_pretrained(
+                folder, subfolder=subfolder, dtype=dtype, local_files_only=True, device_map=homes.get(name)
+            )
         pipe = ChronoEditPipeline.from_pretrained(model_dir, local_files_only=True, **components)
     pipe.set_progress_bar_config(disable=True)
     return pipe if on_gpu else pipe.to(placement.device)  # a no-op where the weights landed

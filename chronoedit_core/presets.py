@@ -22,6 +22,10 @@ guided job, and the upscale trigger (an upscale job's whole prompt unless the us
 DISTILL, UPSCALER, PAINTBRUSH = "distill", "upscaler", "paintbrush"
 """Adapter names a worker loads its LoRA files under."""
 
+TURBO = "turbo"
+"""The mode of a few-step distilled transformer (e.g. a guidance-free 4-step DMD distillation of ChronoEdit-14B) that a
+worker loads in place of the base one (`CHRONOEDIT_TURBO_TRANSFORMER`); only such workers serve it."""
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -49,6 +53,12 @@ def _fast(kind: str, loras: tuple[str, ...], template: str = "{prompt}") -> Pres
     return Preset(kind, "fast", 8, 1.0, 2.0, (*loras, DISTILL), template)
 
 
+def _turbo(kind: str) -> Preset:
+    """A few-step distilled transformer: 4 steps without guidance, the base model's flow shift; no LoRA (the
+    adapters were trained on the base transformer). Edits only."""
+    return Preset(kind, TURBO, 4, 1.0, 5.0, ())
+
+
 PRESETS: dict[tuple[str, str], Preset] = {
     (p.kind, p.mode): p
     for p in (
@@ -58,6 +68,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
         _fast("upscale", (UPSCALER,)),
         _standard("sketch", (PAINTBRUSH,), SKETCH_TRIGGER),
         _fast("sketch", (PAINTBRUSH,), SKETCH_TRIGGER),
+        _turbo("edit"),
     )
 }
 

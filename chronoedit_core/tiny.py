@@ -129,6 +129,15 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def write_tiny_turbo_transformer(directory: Path, seed: int = 1) -> Path:
+    """A second tiny transformer (other weights, same shapes) with its manifest: the stand-in for a few-step
+    distilled transformer a turbo worker loads in place of the base one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tiny_pipeline(seed).transformer.save_pretrained(directory, safe_serialization=True)
+    write_manifest(directory)
+    return directory
+
+
 def write_tiny_lora(path: Path, seed: int, key_format: str = "diffusers", rank: int = 4) -> Path:
     """A random LoRA for the tiny transformer's attention projections, in diffusers' keys or the original Wan keys."""
     generator = torch.Generator().manual_seed(seed)

@@ -125,7 +125,9 @@ class Stack:
         while time.monotonic() < deadline:
             assert worker.alive(), f"worker {name} died; log:\n{self.log(name)}"
             ready = self.client().get("/readyz").json()
-            if ready["status"] == "ready" and name in json.dumps(self.registered_workers()):
+            if ready["status"] == "ready" and any(
+                w.get("name") == name and w.get("ready") for w in self.registered_workers()
+            ):
                 return
             time.sleep(0.3)
         raise TimeoutError(f"worker {name} not ready; log:\n{self.log(name)}")

@@ -30,7 +30,7 @@ def test_openapi_documents_both_request_bodies_and_errors() -> None:
     schema = document["components"]["schemas"]["EditCreate"]
     assert schema["properties"]["num_inference_steps"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 100}
     assert schema["properties"]["kind"]["enum"] == ["edit", "upscale", "sketch"]
-    assert schema["properties"]["mode"]["anyOf"][0]["enum"] == ["standard", "fast"]
+    assert schema["properties"]["mode"]["anyOf"][0]["enum"] == ["standard", "fast", "turbo"]
     assert schema["properties"]["scale"]["anyOf"][0] == {"type": "number", "exclusiveMinimum": 1.0, "maximum": 8.0}
     assert "/v1/edits/{job_id}/cancel" in document["paths"] and "/v1/models" in document["paths"]
     assert document["components"]["schemas"]["JobStatus"]["enum"] == [

@@ -111,7 +111,7 @@ def test_prompt_templates_and_upscale_sizes(client: httpx.Client) -> None:
         ({"kind": "edit", "prompt": "x", "mode": "fast", "temporal_reasoning": True}, "reasoning_with_distill"),
         ({"kind": "edit", "prompt": "x", "reasoning_steps": 2}, "invalid_parameter"),
         ({"kind": "edit", "prompt": "x", "temporal_reasoning": True, "reasoning_steps": 9}, "invalid_parameter"),
-        ({"kind": "edit", "prompt": "x", "mode": "turbo"}, "invalid_parameter"),
+        ({"kind": "edit", "prompt": "x", "mode": "quick"}, "invalid_parameter"),
         ({"kind": "edit", "prompt": "x", "sketch_base64": b64(sample_image())}, "invalid_parameter"),
     ],
 )

@@ -27,7 +27,7 @@ from chronoedit_core.images import ImageLimits, decode_image
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.loras import LoraSet
 from chronoedit_core.manifest import sha256_file, verify_manifest
-from chronoedit_core.presets import CACHED_PROMPTS
+from chronoedit_core.presets import CACHED_PROMPTS, TURBO
 from chronoedit_core.profiles import MemoryProfile
 from chronoedit_core.runner import (
     EditRequest,
@@ -117,6 +117,10 @@ class WorkerRuntime:
         self.runner: EditRunner | None = None
         self.loras: LoraSet | None = None
         self.base_digest: str | None = None
+        self.transformer_digest: str | None = None
+        """The few-step transformer's manifest digest on a turbo worker (`CHRONOEDIT_TURBO_TRANSFORMER`)."""
+        self.modes = [TURBO] if settings.turbo_transformer is not None else ["standard", "fast"]
+        """The job modes this worker's transformer runs."""
         self.lora_digests: dict[str, str] = {}
         self.model_loads = 0
         """How many times this process loaded the base weights: once, whatever the jobs' adapters."""
@@ -141,12 +145,17 @@ class WorkerRuntime:
             if self.settings.model_dir is None:
                 raise ChronoEditError("CHRONOEDIT_MODEL_DIR is not set", code="model_load_failed")
             model_dir = self.settings.model_dir
-            self.base_digest = verify_manifest(model_dir).digest if self.settings.verify_manifest else None
-            adapters = lora_files(self.settings, model_dir)
+            verify = self.settings.verify_manifest
+            self.base_digest = verify_manifest(model_dir).digest if verify else None
+            turbo_dir = self.settings.turbo_dir()
+            if turbo_dir is not None and verify:
+                self.transformer_digest = verify_manifest(turbo_dir).digest
+            # The adapters were trained on the base transformer; a turbo worker's preset uses none.
+            adapters = lora_files(self.settings, model_dir) if turbo_dir is None else {}
             self.lora_digests = {name: sha256_file(path) for name, path in adapters.items()}
             self.profile = memory_profile(self.settings, self.placement)
             logger.info("memory profile %s on %s", self.profile.name, self.placement.device)
-            pipe = load_pipeline(model_dir, self.placement, self.profile)
+            pipe = load_pipeline(model_dir, self.placement, self.profile, transformer_dir=turbo_dir)
             self.model_loads += 1
             self.loras = LoraSet(pipe, adapters)
             self.runner = self._make_runner(pipe)
@@ -209,6 +218,8 @@ class WorkerRuntime:
             "queues": self.settings.queues,
             "job_id": self.current.job_id if self.current else None,
             "base_digest": self.base_digest,
+            "transformer_digest": self.transformer_digest,
+            "modes": self.modes,
             "loras": self.lora_digests,
             "memory_profile": self.profile.name if self.profile else None,
             "exact": self.profile.exact if self.profile else None,
@@ -264,6 +275,11 @@ class WorkerRuntime:
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
+            if job.params.mode not in self.modes:
+                raise JobFailed(
+                    "mode_unavailable",
+                    f"worker {self.settings.worker_name} runs modes {self.modes}, not {job.params.mode}",
+                )
             key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
             reused = self.reuse.reuse(job, key) if key is not None else None
             outputs, source = reused if reused is not None else (self._run(job, stages), None)
@@ -297,6 +313,7 @@ class WorkerRuntime:
             "attention": str(options.attention_backend if options else None),
             "compile": str(options.compile if options else None),
             "memory_profile": str(self.profile.name if self.profile else None),
+            "transformer": str(self.transformer_digest),
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "service": SERVICE_VERSION,
@@ -328,6 +345,7 @@ class WorkerRuntime:
         profile = self.profile.name if self.profile else None
         return RanWith(
             base_digest=self.base_digest,
+            transformer_digest=self.transformer_digest,
             loras=loras,
             device=self.placement.device,
             dtype=dtype,

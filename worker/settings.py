@@ -6,8 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from chronoedit_core.presets import TURBO
 from chronoedit_core.profiles import NAMES as MEMORY_PROFILES
 from service.settings import CommonSettings
 
@@ -32,6 +33,13 @@ class WorkerSettings(CommonSettings):
         None,
         description="Adapter name -> LoRA file, loaded once at start (JSON). Default: every `*.safetensors` in "
         "`MODEL_DIR/loras`, under its file name (`distill`, `upscaler`, `paintbrush` are the names presets use).",
+    )
+    turbo_transformer: Path | None = Field(
+        None,
+        description="A few-step distilled ChronoEdit transformer (a folder with `config.json`, its safetensors and a "
+        "`chronoedit-manifest.json`; relative to `MODEL_DIR` unless absolute). The worker loads it in place of the "
+        "base transformer, shares the other components, serves `mode: turbo` edits only and consumes the `turbo` "
+        "queue.",
     )
     verify_manifest: bool = Field(
         True, description="Check every weight file against `chronoedit-manifest.json` before becoming ready."
@@ -101,6 +109,24 @@ class WorkerSettings(CommonSettings):
         if value not in MEMORY_PROFILES:
             raise ValueError(f"unknown memory profile {value!r}; use one of {', '.join(MEMORY_PROFILES)}")
         return value
+
+    @model_validator(mode="after")
+    def _turbo_queue(self) -> WorkerSettings:
+        """A turbo worker serves only the `turbo` queue (its transformer runs no other mode), and only it does."""
+        if self.turbo_transformer is not None:
+            if "queues" not in self.model_fields_set:
+                self.queues = [TURBO]
+            elif self.queues != [TURBO]:
+                raise ValueError(f"a worker with CHRONOEDIT_TURBO_TRANSFORMER consumes only the `{TURBO}` queue")
+        elif TURBO in self.queues:
+            raise ValueError(f"the `{TURBO}` queue is for workers with CHRONOEDIT_TURBO_TRANSFORMER")
+        return self
+
+    def turbo_dir(self) -> Path | None:
+        """The turbo transformer's folder, resolved against the model folder."""
+        if self.turbo_transformer is None or self.model_dir is None:
+            return self.turbo_transformer
+        return self.model_dir / self.turbo_transformer
 
     @field_validator("parallel_layout")
     @classmethod

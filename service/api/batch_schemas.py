@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.schemas import MAX_PROMPT_CHARS, MAX_SEED
-from service.jobs.record import EnhancePolicy, JobStatus, Kind, Mode, OutputName
+from service.jobs.record import EnhancePolicy, JobStatus, Kind, OutputName
 from service.jobs.view import BatchView, ErrorView, FileView
 
 ITEM_OVERRIDES = (
@@ -73,7 +73,9 @@ class BatchDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Kind = Field("edit", description="`edit`, `upscale` or `sketch`, for every item.")
-    mode: Mode | None = Field(None, description="`standard` or `fast`, for every item; default as for edits.")
+    mode: Literal["standard", "fast"] | None = Field(
+        None, description="`standard` or `fast`, for every item; default as for edits."
+    )
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="The instruction (items may override it).")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(

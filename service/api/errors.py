@@ -169,6 +169,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_image_url": (422, "`image_url` is not an http(s) URL"),
     "missing_image": (422, "not exactly one image source"),
     "reasoning_with_distill": (422, "temporal reasoning asked for in `fast` mode (the distill LoRA)"),
+    "mode_unavailable": (422, "mode `turbo` while no ready worker holds a few-step transformer"),
     "invalid_cursor": (422, "a list cursor this API did not return"),
     "too_many_items": (422, "more batch items in one request than the server takes"),
     "invalid_idempotency_key": (422, "Idempotency-Key longer than 255 characters"),

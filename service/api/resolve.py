@@ -10,7 +10,7 @@ import uuid
 from PIL import Image
 
 from chronoedit_core.images import DecodedImage, ImageLimits, decode_image
-from chronoedit_core.presets import DISTILL, Preset, preset
+from chronoedit_core.presets import DISTILL, TURBO, Preset, preset
 from chronoedit_core.sizing import check_output_size, default_output_size
 from service.api.errors import ApiError
 from service.api.inputs import decode_base64
@@ -97,6 +97,8 @@ def _preset(edit: EditCreate) -> Preset:
         raise ApiError(422, "invalid_parameter", "`scale` is for `upscale` jobs; other kinds take `width`/`height`")
     if edit.sketch_base64 is not None and edit.kind != "sketch":
         raise ApiError(422, "invalid_parameter", "a `sketch` overlay is for `sketch` jobs")
+    if edit.mode == TURBO and edit.kind != "edit":
+        raise ApiError(422, "invalid_parameter", f"mode `turbo` is for `edit` jobs, not `{edit.kind}`")
     return preset(edit.kind, edit.mode)
 
 

@@ -24,7 +24,9 @@ class EditCreate(BaseModel):
         "edit", description="`edit` (instruction), `upscale` (super-resolution), `sketch` (sketch to object)."
     )
     mode: Mode | None = Field(
-        None, description="`standard` (50 steps) or `fast` (8-step distill LoRA). Default: standard; sketch: fast."
+        None,
+        description="`standard` (50 steps), `fast` (8-step distill LoRA) or, for `edit` jobs, `turbo` (a few-step "
+        "distilled transformer, on the workers that hold one). Default: standard; sketch: fast.",
     )
     prompt: Annotated[
         str,
@@ -201,6 +203,14 @@ class WorkerModel(GpuMemory):
     dtype: str
     base_digest: str | None = Field(description="SHA-256 over the model manifest's file digests; None if unverified.")
     loras: dict[str, str] = Field(description="Adapter name -> SHA-256 of its file.")
+    modes: list[str] = Field(
+        default_factory=lambda: ["standard", "fast"],
+        description="The job modes its transformer runs: `standard` and `fast`, or `turbo` on a worker holding a "
+        "few-step distilled transformer.",
+    )
+    transformer_digest: str | None = Field(
+        None, description="A turbo worker: SHA-256 over its few-step transformer's manifest (null if unverified)."
+    )
     gpus: int | None = Field(None, description="A worker group: how many GPUs run each of its jobs together.")
     layout: ParallelLayoutModel | None = Field(None, description="A worker group: how it splits each job.")
     ranks: list[WorkerRank] | None = Field(None, description="A worker group: each rank's device and GPU memory.")

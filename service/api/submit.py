@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from chronoedit_core.presets import TURBO
 from service.api.auth import Principal
 from service.api.errors import ApiError
 from service.api.idempotency import REPLAY_HEADER, StoredResponse, fingerprint
@@ -20,6 +21,7 @@ from service.api.schemas import EditCreate
 from service.api.services import Services
 from service.jobs.events import owner
 from service.jobs.record import TERMINAL_EVENTS, JobRecord
+from service.jobs.registry import edit_workers
 from service.storage import StorageError
 from service.webhooks.attempts import WebhookUrlError, check_webhook_url
 
@@ -61,6 +63,8 @@ async def _create_job(
     services: Services, caller: Principal, edit: EditCreate, data: bytes | None, request_id: str
 ) -> JobRecord:
     settings = services.settings
+    if edit.mode == TURBO:
+        await run_in_threadpool(check_mode_served, services, TURBO)
     url = str(edit.webhook) if edit.webhook is not None else None
     webhook = await run_in_threadpool(check_webhook, services, caller, url, edit.webhook_events)  # DNS: off the loop
     if data is None and edit.image_url is not None:
@@ -88,6 +92,18 @@ async def _create_job(
         await run_in_threadpool(services.limits.release, owner(job), job.id)
         raise
     return job
+
+
+def check_mode_served(services: Services, mode: str) -> None:
+    """422 when no ready worker serves `mode`: a mode only some workers serve (`turbo`) would otherwise wait in a
+    queue nobody reads."""
+    workers = edit_workers(services.jobs.registry.workers())
+    if not any(worker.get("ready") and mode in worker.get("modes", []) for worker in workers):
+        raise ApiError(
+            422,
+            "mode_unavailable",
+            f"no ready worker serves mode `{mode}` (a worker started with CHRONOEDIT_TURBO_TRANSFORMER); use `fast`",
+        )
 
 
 def check_webhook(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
+from chronoedit_core.presets import TURBO
 from service.jobs.record import JobRecord
 from service.settings import CommonSettings
 
@@ -18,6 +19,8 @@ REASONING_QUEUE = "reasoning"
 """Temporal-reasoning jobs (29 frames, about 5x the work of an edit) wait apart, for the workers meant for them."""
 BATCH_QUEUE = "batch"
 """Batch items' tokens. Workers list it after their interactive queues and take those first."""
+TURBO_QUEUE = "turbo"
+"""`turbo` mode jobs, for the workers that hold a few-step distilled transformer (and nothing else)."""
 ENHANCE_QUEUE = "enhance"
 """Prompt enhancement, consumed by the enhancer workers (`chronoedit enhancer-worker`), never by a GPU edit worker."""
 ENHANCE_JOB_TASK = "chronoedit.enhance_job"
@@ -65,6 +68,8 @@ def queue_for(job: JobRecord) -> str:
         return ENHANCE_QUEUE
     if job.lane == "batch":
         return BATCH_QUEUE
+    if job.params.mode == TURBO:
+        return TURBO_QUEUE
     return REASONING_QUEUE if job.params.temporal_reasoning else EDITS_QUEUE
 
 

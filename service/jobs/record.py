@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 OutputName = Literal["image", "video"]
 Kind = Literal["edit", "upscale", "sketch"]
-Mode = Literal["standard", "fast"]
+Mode = Literal["standard", "fast", "turbo"]
 Stage = Literal["enhancing", "queued", "loading", "denoising", "decoding", "uploading", "done"]
 """`enhancing`: the job waits for its prompt enhancement (still `queued`); the others are the GPU worker's."""
 Lane = Literal["interactive", "batch"]
@@ -94,6 +94,8 @@ class RanWith(BaseModel):
     worker's memory profile stores FP8 weights), the memory profile, and which VAE stages ran tiled to fit."""
 
     base_digest: str | None
+    transformer_digest: str | None = None
+    """A `turbo` job: the manifest digest of the few-step transformer that replaced the base one."""
     loras: dict[str, str] = Field(default_factory=dict)
     device: str
     dtype: str
