@@ -298,6 +298,11 @@ def main() -> None:
     )
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     parser.add_argument(
+        "--guidance-steps",
+        default="30",
+        help="limited guidance to time on the guided cases: guided steps, comma-separated ('' for none)",
+    )
+    parser.add_argument(
         "--fp8",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -358,12 +363,16 @@ def main() -> None:
     ]
     if options.fp8 and opt_in_cases:
         bench.timed("fp8/compile_warmup", lambda: run_ours(runner, warm, *inputs(warm), fp8=True), timer)
-        modes += [
-            ("fp8", {"fp8": True}),
-            (f"fp8+cache{modes[-1][1]['step_cache_threshold']}", {"fp8": True, **modes[-1][1]}),
-        ]
+        last_cache = modes[-1][1] if modes else None
+        modes.append(("fp8", {"fp8": True}))
+        if last_cache is not None:
+            modes.append((f"fp8+cache{last_cache['step_cache_threshold']}", {"fp8": True, **last_cache}))
+    # limited guidance (the guided steps of 50; fewer steps in the tiny run), for the guided cases only
+    modes += [(f"guidance{n}", {"guidance_steps": int(n)}) for n in args.guidance_steps.split(",") if n]
     for label, extra in modes:
         for case in opt_in_cases:
+            if "guidance_steps" in extra and (case.guidance <= 1 or extra["guidance_steps"] > case.steps):
+                continue
             compare(bench, label, case, lambda c=case, e=extra: run_ours(runner, c, *inputs(c), **e), stock)
     for case in cases:
         seconds = bench.results[f"exact/{case.name}"]["s"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +43,21 @@ def stock_frames(
         generator=torch.Generator("cpu").manual_seed(request.seed),
         enable_temporal_reasoning=request.temporal_reasoning,
         num_temporal_reasoning_steps=request.reasoning_steps or 0,
+        callback_on_step_end=_guidance_ends_after(request.guidance_steps) if request.guidance_steps else None,
     ).frames[0]
     return (frames * 255).clip(0, 255).astype("uint8")
+
+
+def _guidance_ends_after(steps: int) -> Callable[..., dict]:
+    """Limited guidance in the stock pipeline: its loop runs the unconditional pass while `_guidance_scale` > 1, so a
+    step-end callback that sets it to 1 after `steps` steps leaves the remaining steps unguided."""
+
+    def callback(pipe: ChronoEditPipeline, index: int, timestep: Any, tensors: dict) -> dict:
+        if index + 1 >= steps:
+            pipe._guidance_scale = 1.0
+        return {}
+
+    return callback
 
 
 def stock_last_frame(
@@ -59,6 +74,7 @@ def stock_last_frame(
         num_inference_steps=params["num_inference_steps"],
         guidance_scale=params["guidance_scale"],
         flow_shift=params["flow_shift"],
+        guidance_steps=params.get("guidance_steps"),
     )
     image = Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((request.width, request.height))
     return stock_frames(model_dir, request, image, pipe=pipe)[-1]

@@ -82,6 +82,22 @@ def test_each_kind_and_mode_matches_stock_with_the_same_adapters(
     assert np.abs(download_image(done) - expected.astype(int)).max() <= 2
 
 
+def test_limited_guidance_matches_stock_with_guidance_ended_after_those_steps(
+    client: httpx.Client, stock_with_adapters: ChronoEditPipeline, tiny_model: Path
+) -> None:
+    fields = {"prompt": "The user wants to make the box green.", "width": 48, "height": 32, "num_inference_steps": 3}
+    done = wait_job(client, submit(client, guidance_steps=1, **fields)["id"])
+    assert done["status"] == "succeeded", done
+    assert (done["params"]["guidance_steps"], done["params"]["guidance_scale"]) == (1, 5.0)
+    stock_with_adapters.disable_lora()
+    expected = stock_last_frame(tiny_model, sample_image(48, 36, seed=4), done["params"], pipe=stock_with_adapters)
+    assert np.abs(download_image(done) - expected.astype(int)).max() <= 2
+    full = stock_last_frame(
+        tiny_model, sample_image(48, 36, seed=4), {**done["params"], "guidance_steps": None}, pipe=stock_with_adapters
+    )
+    assert np.abs(download_image(done) - full.astype(int)).max() > 2, "and differs from guidance on every step"
+
+
 def test_prompt_templates_and_upscale_sizes(client: httpx.Client) -> None:
     sketch = submit(client, kind="sketch", prompt="a crown", width=32, height=32)
     assert sketch["params"]["mode"] == "fast", "sketch defaults to the distilled mode it ships with"
@@ -112,6 +128,8 @@ def test_prompt_templates_and_upscale_sizes(client: httpx.Client) -> None:
         ({"kind": "edit", "prompt": "x", "reasoning_steps": 2}, "invalid_parameter"),
         ({"kind": "edit", "prompt": "x", "temporal_reasoning": True, "reasoning_steps": 9}, "invalid_parameter"),
         ({"kind": "edit", "prompt": "x", "mode": "quick"}, "invalid_parameter"),
+        ({"kind": "edit", "prompt": "x", "mode": "fast", "guidance_steps": 1}, "invalid_parameter"),
+        ({"kind": "edit", "prompt": "x", "guidance_steps": 3}, "invalid_parameter"),
         ({"kind": "edit", "prompt": "x", "sketch_base64": b64(sample_image())}, "invalid_parameter"),
     ],
 )

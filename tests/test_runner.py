@@ -33,6 +33,7 @@ CASES = {
     "negative_prompt": dataclasses.replace(BASE, negative_prompt="blurry", guidance_scale=3.0),
     "reasoning_all_steps": dataclasses.replace(BASE, temporal_reasoning=True, reasoning_steps=4),
     "reasoning_dropped_after_2": dataclasses.replace(BASE, temporal_reasoning=True, reasoning_steps=2),
+    "guidance_for_2_of_4_steps": dataclasses.replace(BASE, guidance_steps=2),
 }
 
 
@@ -57,6 +58,19 @@ def test_step_cache_is_opt_in_and_leaves_no_trace(runner: EditRunner, image: Ima
     again = np.asarray(runner.run(request, image).image).astype(int)
     assert np.abs(exact - cached).max() > 2, "a generous threshold skips steps and changes the output"
     assert np.array_equal(exact, again), "after a cached job the exact mode is exact again"
+
+
+def test_limited_guidance_skips_the_unconditional_passes_it_says(runner: EditRunner, image: Image.Image) -> None:
+    passes: list[int] = []
+    hook = runner.pipe.transformer.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        full = np.asarray(runner.run(BASE, image).image).astype(int)
+        full_passes, passes[:] = len(passes), []
+        limited = np.asarray(runner.run(dataclasses.replace(BASE, guidance_steps=1), image).image).astype(int)
+    finally:
+        hook.remove()
+    assert (full_passes, len(passes)) == (8, 5), "4 steps: 2 passes each, or 2 for the first and 1 for the others"
+    assert np.abs(full - limited).max() > 2
 
 
 def test_step_callback_can_stop_between_steps(runner: EditRunner, image: Image.Image) -> None:

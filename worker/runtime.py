@@ -467,6 +467,7 @@ def edit_request(p: EditParams) -> EditRequest:
         flow_shift=p.flow_shift,
         fp8=p.fp8,
         step_cache_threshold=p.step_cache,
+        guidance_steps=p.guidance_steps,
         temporal_reasoning=p.temporal_reasoning,
         reasoning_steps=p.reasoning_steps,
     )

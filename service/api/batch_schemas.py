@@ -92,6 +92,7 @@ class BatchDefaults(BaseModel):
     output_size: Literal["model", "input"] = "model"
     fp8: bool = False
     step_cache: float | None = Field(None, gt=0, le=0.5)
+    guidance_steps: int | None = Field(None, ge=1, le=100, description="As in `POST /v1/edits`.")
     enhance_prompt: bool | EnhancePolicy | None = Field(
         None,
         description="Prompt enhancement for every item, as in `POST /v1/edits`; items with the same instruction and "

@@ -55,6 +55,7 @@ def build_job(edit: EditCreate, data: bytes, settings: ApiSettings) -> tuple[Job
         fps=edit.fps,
         fp8=edit.fp8,
         step_cache=edit.step_cache,
+        guidance_steps=_guidance_steps(edit, chosen, steps),
         temporal_reasoning=edit.temporal_reasoning,
         reasoning_steps=(edit.reasoning_steps or steps) if edit.temporal_reasoning else None,
         output_size=edit.output_size,
@@ -100,6 +101,18 @@ def _preset(edit: EditCreate) -> Preset:
     if edit.mode == TURBO and edit.kind != "edit":
         raise ApiError(422, "invalid_parameter", f"mode `turbo` is for `edit` jobs, not `{edit.kind}`")
     return preset(edit.kind, edit.mode)
+
+
+def _guidance_steps(edit: EditCreate, chosen: Preset, steps: int) -> int | None:
+    """Limited guidance needs guidance to limit, and at most every step."""
+    if edit.guidance_steps is None:
+        return None
+    scale = edit.guidance_scale if edit.guidance_scale is not None else chosen.guidance_scale
+    if scale <= 1:
+        raise ApiError(422, "invalid_parameter", "`guidance_steps` needs `guidance_scale` above 1")
+    if edit.guidance_steps > steps:
+        raise ApiError(422, "invalid_parameter", f"`guidance_steps` ({edit.guidance_steps}) is above the {steps} steps")
+    return edit.guidance_steps
 
 
 def _check_reasoning(edit: EditCreate, chosen: Preset, steps: int) -> None:

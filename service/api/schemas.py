@@ -72,6 +72,14 @@ class EditCreate(BaseModel):
     step_cache: float | None = Field(
         None, gt=0, le=0.5, description="Faster, approximate: FirstBlockCache threshold (e.g. 0.05); off when absent."
     )
+    guidance_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Faster, approximate: classifier-free guidance for the first N steps only, the conditional pass "
+        "alone after them (e.g. 30 of 50: 80 transformer passes instead of 100). Needs guidance_scale > 1; off when "
+        "absent.",
+    )
     enhance_prompt: bool | EnhancePolicy | None = Field(
         None,
         description="Rewrite the prompt with the prompt enhancer (a vision-language model that looks at the image) "

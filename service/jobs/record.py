@@ -67,6 +67,7 @@ class EditParams(BaseModel):
     fps: int = 16
     fp8: bool = False
     step_cache: float | None = None
+    guidance_steps: int | None = None
     temporal_reasoning: bool = False
     reasoning_steps: int | None = None
     output_size: Literal["model", "input"] = "model"

@@ -46,6 +46,9 @@ class EditParamsView(BaseModel):
     fps: int
     fp8: bool
     step_cache: float | None
+    guidance_steps: int | None = Field(
+        None, description="Limited guidance: guided for the first N steps only (opt-in, approximate); null: every step."
+    )
     temporal_reasoning: bool
     reasoning_steps: int | None
     output_size: Literal["model", "input"]
