@@ -1,11 +1,13 @@
 """A TCP proxy on loopback that a test can cut: `cut()` drops every open connection and refuses new ones until
-`restore()`, as a storage outage or a network partition looks to the service."""
+`restore()`, as a storage outage or a network partition looks to the service. With `delay_s` it holds every chunk a
+client sends for that long first, as a slow link to storage looks."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 class Proxy:
     target: tuple[str, int]
     port: int = 0
+    delay_s: float = 0.0
     _server: socket.socket = field(init=False)
     _open: list[socket.socket] = field(default_factory=list)
     _up: threading.Event = field(default_factory=threading.Event)
@@ -61,13 +64,14 @@ class Proxy:
                 continue
             with self._lock:
                 self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, delay in ((client, upstream, self.delay_s), (upstream, client, 0.0)):
+                threading.Thread(target=self._pipe, args=(a, b, delay), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(source: socket.socket, sink: socket.socket, delay_s: float) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                time.sleep(delay_s)
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.proxy import Proxy
 from tests.receiver import Receiver, start_receiver
 from tests.stack import DEFAULT_WEBHOOK_SECRET, Stack, sample_image, wait_job
 
@@ -310,3 +312,28 @@ def test_limits_of_a_batch_request(make_stack, images: Receiver) -> None:
         assert empty.status_code == 422
         metrics = client.get("/metrics").text
     assert "chronoedit_batch_items_pending 4.0" in metrics
+
+
+def test_an_items_upload_overlaps_the_next_items_model_run(make_stack, images: Receiver) -> None:
+    """The worker encodes and uploads a batch item's outputs on its finisher thread while the next item runs: with
+    storage behind a slow link (every request held 0.4 s), each item starts before the one before it is finished."""
+    stack = make_stack("finisher")
+    stack.start_api()
+    host, port = stack.env["CHRONOEDIT_S3_ENDPOINT_URL"].removeprefix("http://").split(":")
+    proxy = Proxy(target=(host, int(port)), delay_s=0.4).start()
+    try:
+        stack.start_worker("f1", env={"CHRONOEDIT_S3_ENDPOINT_URL": proxy.url})
+        with stack.client() as client:
+            submitted = create(client, [item(images, i) for i in range(3)])
+            wait_batch(client, submitted["batch"]["id"])
+            jobs = [client.get(f"/v1/edits/{i['job_id']}").json() for i in all_items(client, submitted["batch"]["id"])]
+    finally:
+        proxy.stop()
+    assert all(job["status"] == "succeeded" for job in jobs), jobs
+    assert all(job["timings"]["upload"] >= 0.4 for job in jobs), "the uploads went over the slow link"
+    jobs.sort(key=lambda job: job["started_at"])
+    for earlier, later in itertools.pairwise(jobs):
+        assert datetime.fromisoformat(later["started_at"]) < datetime.fromisoformat(earlier["finished_at"]), (
+            earlier["timings"],
+            later["timings"],
+        )

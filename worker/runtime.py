@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -127,6 +128,10 @@ class WorkerRuntime:
         self.state = "starting"
         self.error: str | None = None
         self.current: CurrentJob | None = None
+        self.finishing: CurrentJob | None = None
+        """The job whose outputs the finisher thread is encoding and uploading while the GPU runs the next one."""
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+        self._finishing: Future[None] | None = None
         self.metrics = WorkerMetrics(settings.worker_name)
         self.metrics_port: int | None = None
         self._stop = threading.Event()
@@ -202,6 +207,7 @@ class WorkerRuntime:
         self.capacity = {"max_area": runner.max_area(5), "max_reasoning_area": runner.max_area(29)}
 
     def stop(self) -> None:
+        self.wait_finished()  # the last batch item's outputs before the lease renewal stops
         self._stop.set()
         self.registry.withdraw(self.settings.worker_name)
 
@@ -247,22 +253,27 @@ class WorkerRuntime:
                     logger.warning("heartbeat failed; retrying", exc_info=True)
 
     def _renew_lease(self) -> None:
-        current = self.current
-        if current is not None:
-            self.store.renew(current.job_id, current.attempt)
+        for job in (self.current, self.finishing):
+            if job is not None:
+                self.store.renew(job.job_id, job.attempt)
 
     # --- running a job -----------------------------------------------------------------------------------------
 
     def execute_next_batch_item(self) -> None:
-        """Run the batch lane's next item (fair between tenants); a token that finds the lane empty does nothing."""
+        """Run the batch lane's next item (fair between tenants); a token that finds the lane empty does nothing. The
+        item's encoding and upload run on the finisher thread, so the GPU starts on the next item meanwhile."""
         job_id = self.lane.take(time.time())
         if job_id is None:
             logger.info("batch lane empty; token dropped")
             return
-        self.execute(job_id)
+        self.execute(job_id, finish_in_background=True)
 
-    def execute(self, job_id: str) -> None:
-        """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead."""
+    def execute(self, job_id: str, finish_in_background: bool = False) -> None:
+        """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead.
+
+        With `finish_in_background` the job's tail after the GPU work (encoding, upload, finalising the record) runs
+        on the finisher thread and this returns as soon as the GPU is free; the lease of the finishing job is renewed
+        until it is finalised, so a worker that dies meanwhile leaves the job to be run again, as ever."""
         job = self._durably(
             lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self.batches.is_canceled)
         )
@@ -275,34 +286,96 @@ class WorkerRuntime:
         try:
             self.current = CurrentJob(job_id, job.attempt)
             self._announce()
-            if job.params.mode not in self.modes:
-                raise JobFailed(
-                    "mode_unavailable",
-                    f"worker {self.settings.worker_name} runs modes {self.modes}, not {job.params.mode}",
-                )
-            key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
-            reused = self.reuse.reuse(job, key) if key is not None else None
-            outputs, source = reused if reused is not None else (self._run(job, stages), None)
-            ran_with = self._ran_with(job, ran_here=source is None)
-            if not self._durably(lambda: self.store.succeed(job_id, job.attempt, outputs, ran_with, source, stages)):
-                logger.warning("job %s attempt %d lost its claim; discarding its outputs", job_id, job.attempt)
-                self.storage.delete_prefix(attempt_prefix(job_id, job.attempt))
+            finish = self._guarded(job, stages, lambda: self._start(job, stages))
+            if finish is None:
+                return
+            if finish_in_background:
+                self.wait_finished()  # the previous job's tail overlapped this one's GPU work; one at a time
+                self.finishing = self.current
+                self._finishing = self._finisher.submit(self._finish_in_background, job, stages, finish)
             else:
-                logger.info("job succeeded", extra={"end_to_end_s": round(time.time() - job.created_at, 6)})
-                if key is not None and source is None:
-                    self.reuse.remember(job, key, outputs)
-        except EditStopped as exc:
-            logger.info("job %s canceled after %d steps", job_id, exc.steps_done)
-            steps = exc.steps_done
-            self._durably(lambda: self.store.finish_canceled(job_id, job.attempt, steps, stages))
-        except JobFailed as exc:
-            self._fail(job, exc.code, exc.message, stages)
-        except Exception as exc:
-            logger.exception("job %s failed unexpectedly", job_id)
-            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}", stages)
+                self._guarded(job, stages, finish)
         finally:
             self.current = None
             self._announce()
+
+    def wait_finished(self) -> None:
+        """Wait until the job finishing in the background (if any) is finalised."""
+        pending, self._finishing = self._finishing, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception:  # e.g. Redis out of reach longer than a lease: the lease expires and the job runs again
+            logger.exception("finishing a job in the background failed; its lease will expire and it runs again")
+
+    def _finish_in_background(self, job: JobRecord, stages: StageSeconds, finish: Callable[[], None]) -> None:
+        bind_log_context(job_id=job.id, request_id=job.request_id, attempt=job.attempt)
+        try:
+            self._guarded(job, stages, finish)
+        finally:
+            self.finishing = None
+
+    def _guarded(self, job: JobRecord, stages: StageSeconds, step: Callable[[], T]) -> T | None:
+        """Run one part of a job; a bad job ends `failed` (or `canceled`) here and None is returned."""
+        try:
+            return step()
+        except EditStopped as exc:
+            logger.info("job %s canceled after %d steps", job.id, exc.steps_done)
+            steps = exc.steps_done
+            self._durably(lambda: self.store.finish_canceled(job.id, job.attempt, steps, stages))
+        except JobFailed as exc:
+            self._fail(job, exc.code, exc.message, stages)
+        except Exception as exc:
+            logger.exception("job %s failed unexpectedly", job.id)
+            self._fail(job, "internal_error", f"{exc.__class__.__name__}: {exc}", stages)
+        return None
+
+    def _start(self, job: JobRecord, stages: StageSeconds) -> Callable[[], None]:
+        """Everything of the job up to its outputs' encoding: reuse earlier outputs, or read the input and run the
+        model (timing each stage into `stages`). Returns what finishes the job."""
+        if job.params.mode not in self.modes:
+            raise JobFailed(
+                "mode_unavailable", f"worker {self.settings.worker_name} runs modes {self.modes}, not {job.params.mode}"
+            )
+        key = cache_key(job, self.base_digest, self.lora_digests, self._numerics())
+        reused = self.reuse.reuse(job, key) if key is not None else None
+        if reused is not None:
+            outputs, source = reused
+            return lambda: self._succeed(job, stages, outputs, source, key)
+        with timed_stage(job, "input_load", stages):
+            image = self._read_input(job)
+        with timed_stage(job, "inference", stages):
+            result = self._denoise(job, image)
+
+        def finish() -> None:
+            self._stage(job, "uploading")
+            with timed_stage(job, "encode", stages):
+                files = self._encode(job, result)
+            with timed_stage(job, "upload", stages):
+                outputs = self._upload(job, files)
+            self._succeed(job, stages, outputs, None, key)
+
+        return finish
+
+    def _succeed(
+        self,
+        job: JobRecord,
+        stages: StageSeconds,
+        outputs: dict[str, StoredFile],
+        source: str | None,
+        key: str | None,
+    ) -> None:
+        """Finalise the attempt with its outputs (reused from job `source`, or made here); an attempt that lost its
+        claim meanwhile discards what it uploaded."""
+        ran_with = self._ran_with(job, ran_here=source is None)
+        if not self._durably(lambda: self.store.succeed(job.id, job.attempt, outputs, ran_with, source, stages)):
+            logger.warning("job %s attempt %d lost its claim; discarding its outputs", job.id, job.attempt)
+            self.storage.delete_prefix(attempt_prefix(job.id, job.attempt))
+            return
+        logger.info("job succeeded", extra={"end_to_end_s": round(time.time() - job.created_at, 6)})
+        if key is not None and source is None:
+            self.reuse.remember(job, key, outputs)
 
     def _numerics(self) -> dict[str, str]:
         """What, besides the weights and the job's parameters, changes this worker's pixels."""
@@ -352,19 +425,6 @@ class WorkerRuntime:
             memory_profile=profile,
             vae_tiling=list(tiled),
         )
-
-    def _run(self, job: JobRecord, stages: StageSeconds) -> dict[str, StoredFile]:
-        """Run the claimed attempt (the claim put it in the `loading` stage), timing each stage into `stages`; the
-        stored outputs."""
-        with timed_stage(job, "input_load", stages):
-            image = self._read_input(job)
-        with timed_stage(job, "inference", stages):
-            result = self._denoise(job, image)
-        self._stage(job, "uploading")
-        with timed_stage(job, "encode", stages):
-            files = self._encode(job, result)
-        with timed_stage(job, "upload", stages):
-            return self._upload(job, files)
 
     def _stage(self, job: JobRecord, stage: Stage) -> None:
         """Record the stage; a cancel asked for in between stops the job here. While Redis is unreachable the stage
