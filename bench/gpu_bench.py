@@ -368,7 +368,10 @@ def main() -> None:
         if last_cache is not None:
             modes.append((f"fp8+cache{last_cache['step_cache_threshold']}", {"fp8": True, **last_cache}))
     # limited guidance (the guided steps of 50; fewer steps in the tiny run), for the guided cases only
-    modes += [(f"guidance{n}", {"guidance_steps": int(n)}) for n in args.guidance_steps.split(",") if n]
+    limited = [int(n) for n in args.guidance_steps.split(",") if n]
+    modes += [(f"guidance{n}", {"guidance_steps": n}) for n in limited]
+    if options.fp8:  # the two opt-ins together
+        modes += [(f"fp8+guidance{n}", {"fp8": True, "guidance_steps": n}) for n in limited]
     for label, extra in modes:
         for case in opt_in_cases:
             if "guidance_steps" in extra and (case.guidance <= 1 or extra["guidance_steps"] > case.steps):

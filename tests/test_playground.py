@@ -243,6 +243,7 @@ def test_upscale_needs_no_prompt_and_sends_the_scale(served: Stack, browser: Bro
     pick_image(browser, small)
     choose(browser, "kind", "upscale")
     assert browser.visible("#scale") and browser.js("return document.getElementById('enhance').disabled")
+    assert browser.js("return document.querySelector('input[name=mode][value=turbo]').disabled"), "turbo: edits only"
     type_into(browser, "#scale", "2")
     set_advanced(browser, steps="1", width="", height="")
     job_id = submit(browser)
@@ -264,6 +265,10 @@ def test_a_refused_request_says_why_and_keeps_the_form(served: Stack, browser: B
     assert "both `width` and `height`" in browser.text("#form-error")
     assert browser.js("return document.getElementById('job-view').dataset.jobId") is None, "no job was made"
     assert browser.js("return document.getElementById('prompt').value") == "The user wants to make the mug red."
+    set_advanced(browser, steps="1", width="", height="")
+    choose(browser, "mode", "turbo")  # this stack has no worker with a few-step transformer
+    browser.css("#submit").click()
+    browser.wait(lambda: "mode_unavailable" in browser.text("#form-error"), "the refusal of turbo")
 
 
 def test_phone_width_has_no_horizontal_scroll(served: Stack, browser: Browser, photo: Path, shots: Path) -> None:

@@ -28,7 +28,7 @@ const KINDS = {
 /** Form fields sent as they are when not empty (names are those of `EditCreate`). */
 const PLAIN_FIELDS = [
   "seed", "num_inference_steps", "guidance_scale", "flow_shift", "width", "height", "negative_prompt",
-  "output_size", "fps", "reasoning_steps", "step_cache",
+  "output_size", "fps", "reasoning_steps", "step_cache", "guidance_steps",
 ];
 const FLAGS = ["temporal_reasoning", "fp8", "cache"];
 
@@ -132,6 +132,7 @@ export class Composer {
     byId("stage").classList.toggle("sketching", sketching);
     show(byId("scale-field"), kind === "upscale");
     byId("scale").disabled = kind !== "upscale"; // a hidden field is neither checked nor sent
+    this.form.querySelector("input[name=mode][value=turbo]").disabled = kind !== "edit"; // turbo is for edits
     byId("prompt-label").textContent = text.label;
     const prompt = byId("prompt");
     prompt.placeholder = text.placeholder;
