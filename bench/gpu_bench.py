@@ -245,7 +245,7 @@ def run_stock_case(bench: Bench, pipe: ChronoEditPipeline, case: Case, inputs: A
     try:
         return bench.timed(f"stock/{case.name}", lambda: run_stock(pipe, case, *inputs(case)), bench.timer)
     except torch.OutOfMemoryError as exc:
-        bench.results[f"stock/{case.name}"] = {"out_of_memory": str(exc).split(". ")[0]}
+        bench.results[f"stock/{case.name}"] = {"out_of_memory": str(exc)}
         print(f"stock/{case.name} out of memory", flush=True)
         torch.cuda.empty_cache()
         return None

@@ -81,7 +81,7 @@ def test_resident_admission_follows_the_measured_points() -> None:
         budget = measured["total_bytes"] - point["resident_bytes"]
         width, height, frames = point["width"], point["height"], point["frames"]
         if "out_of_memory" in point:
-            assert plan(resident, width, height, frames, budget).tiled, "what ran out of memory untiled runs tiled"
+            assert plan(resident, width, height, frames, budget).tiled, "out of memory untiled: planned tiled"
             continue
         assert plan(resident, width, height, frames, budget).tiled == [], "what ran is admitted, untiled"
         for stage, key in ((DENOISE, "denoise_peak_bytes"), (DECODE, "decode_peak_bytes")):
@@ -187,7 +187,7 @@ def test_fp8_storage_replaces_the_weights_and_frees_them() -> None:
         assert 0 < float((approximate - expected).norm() / expected.norm()) < 0.1
 
 
-def test_fp8_weights_are_parameters_so_streaming_returns_them_to_the_host() -> None:
+def test_fp8_weights_are_parameters_not_buffers() -> None:
     """diffusers' streamed group offloading (the CUDA side-stream path) moves a block's parameters back to host memory
     after it ran but leaves the block's buffers on the GPU; FP8 weights held as buffers stayed resident block by block
     (measured: 15.5 GiB of a 21.5 GiB cap under `fp8-offload`)."""

@@ -103,12 +103,15 @@ def test_turbo_is_refused_where_it_cannot_run(turbo: Stack, client: httpx.Client
     refused = client.post("/v1/edits", json={**BODY, "mode": "turbo"})  # the shared stack has no turbo worker
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["code"] == "mode_unavailable"
-    with turbo.client() as http:
-        upscale = http.post("/v1/edits", json={**BODY, "kind": "upscale", "mode": "turbo", "prompt": ""})
-        batch = http.post("/v1/batches", json={"mode": "turbo", "prompt": "x", "items": [{"image_base64": "AA=="}]})
+    upscale = client.post("/v1/edits", json={**BODY, "kind": "upscale", "mode": "turbo", "prompt": ""})
     assert (upscale.status_code, upscale.json()["error"]["code"]) == (422, "invalid_parameter"), upscale.text
-    assert "`edit` jobs" in upscale.json()["error"]["message"]
-    assert batch.status_code == 422, batch.text
+    assert "`edit` jobs" in upscale.json()["error"]["message"], "the request's own fault first"
+    with turbo.client() as http:
+        reasoning = http.post("/v1/edits", json={**BODY, "mode": "turbo", "temporal_reasoning": True})
+        batch = http.post("/v1/batches", json={"mode": "turbo", "prompt": "x", "items": [{"image_url": "http://x/"}]})
+    assert (reasoning.status_code, reasoning.json()["error"]["code"]) == (422, "invalid_parameter"), reasoning.text
+    assert (batch.status_code, batch.json()["error"]["code"]) == (422, "invalid_parameter"), batch.text
+    assert any("mode" in str(detail) for detail in batch.json()["error"]["details"]), batch.text
 
 
 def test_only_turbo_workers_read_the_turbo_queue(tmp_path: Path) -> None:
@@ -119,3 +122,5 @@ def test_only_turbo_workers_read_the_turbo_queue(tmp_path: Path) -> None:
         WorkerSettings(turbo_transformer=tmp_path, queues=["edits", "turbo"])
     with pytest.raises(ValidationError, match="for workers with CHRONOEDIT_TURBO_TRANSFORMER"):
         WorkerSettings(queues=["edits", "turbo"])
+    with pytest.raises(ValidationError, match="worker groups run the base transformer"):
+        WorkerSettings(group_queues=["reasoning", "turbo"])

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -207,7 +207,7 @@ class WorkerRuntime:
         self.capacity = {"max_area": runner.max_area(5), "max_reasoning_area": runner.max_area(29)}
 
     def stop(self) -> None:
-        self.wait_finished()  # the last batch item's outputs before the lease renewal stops
+        self._finisher.shutdown(wait=True)  # the last batch item's outputs before the lease renewal stops
         self._stop.set()
         self.registry.withdraw(self.settings.worker_name)
 
@@ -241,7 +241,7 @@ class WorkerRuntime:
         self._announce()
 
     def _announce(self) -> None:
-        self.metrics.report(self.state, busy=self.current is not None)
+        self.metrics.report(self.state, busy=self.current is not None or self.finishing is not None)
         self.registry.announce(self.settings.worker_name, self.info(), ttl_seconds=3 * self.settings.heartbeat_seconds)
 
     def _heartbeat_loop(self) -> None:
@@ -272,8 +272,9 @@ class WorkerRuntime:
         """Run `job_id` if it is ours to run. Never raises for a bad job: the job ends `failed` instead.
 
         With `finish_in_background` the job's tail after the GPU work (encoding, upload, finalising the record) runs
-        on the finisher thread and this returns as soon as the GPU is free; the lease of the finishing job is renewed
-        until it is finalised, so a worker that dies meanwhile leaves the job to be run again, as ever."""
+        on the finisher thread, and this returns once the previous job's tail is done too (one finishing at a time);
+        the lease of the finishing job is renewed until it is finalised, so a worker that dies meanwhile leaves the job
+        to be run again, as ever."""
         job = self._durably(
             lambda: self.store.claim(job_id, self.settings.worker_name, batch_canceled=self.batches.is_canceled)
         )
@@ -293,6 +294,7 @@ class WorkerRuntime:
                 self.wait_finished()  # the previous job's tail overlapped this one's GPU work; one at a time
                 self.finishing = self.current
                 self._finishing = self._finisher.submit(self._finish_in_background, job, stages, finish)
+                self._finishing.add_done_callback(_log_failure)
             else:
                 self._guarded(job, stages, finish)
         finally:
@@ -302,12 +304,8 @@ class WorkerRuntime:
     def wait_finished(self) -> None:
         """Wait until the job finishing in the background (if any) is finalised."""
         pending, self._finishing = self._finishing, None
-        if pending is None:
-            return
-        try:
-            pending.result()
-        except Exception:  # e.g. Redis out of reach longer than a lease: the lease expires and the job runs again
-            logger.exception("finishing a job in the background failed; its lease will expire and it runs again")
+        if pending is not None:
+            wait([pending])  # a failure was logged when it happened (`_log_failure`)
 
     def _finish_in_background(self, job: JobRecord, stages: StageSeconds, finish: Callable[[], None]) -> None:
         bind_log_context(job_id=job.id, request_id=job.request_id, attempt=job.attempt)
@@ -342,11 +340,12 @@ class WorkerRuntime:
         reused = self.reuse.reuse(job, key) if key is not None else None
         if reused is not None:
             outputs, source = reused
-            return lambda: self._succeed(job, stages, outputs, source, key)
+            return lambda: self._succeed(job, stages, outputs, source, key, tiled=[])
         with timed_stage(job, "input_load", stages):
             image = self._read_input(job)
         with timed_stage(job, "inference", stages):
             result = self._denoise(job, image)
+        tiled = list(self.runner.tiled) if self.runner is not None else []  # before the next job runs
 
         def finish() -> None:
             self._stage(job, "uploading")
@@ -354,7 +353,7 @@ class WorkerRuntime:
                 files = self._encode(job, result)
             with timed_stage(job, "upload", stages):
                 outputs = self._upload(job, files)
-            self._succeed(job, stages, outputs, None, key)
+            self._succeed(job, stages, outputs, None, key, tiled)
 
         return finish
 
@@ -365,10 +364,11 @@ class WorkerRuntime:
         outputs: dict[str, StoredFile],
         source: str | None,
         key: str | None,
+        tiled: list[str],
     ) -> None:
-        """Finalise the attempt with its outputs (reused from job `source`, or made here); an attempt that lost its
-        claim meanwhile discards what it uploaded."""
-        ran_with = self._ran_with(job, ran_here=source is None)
+        """Finalise the attempt with its outputs (reused from job `source`, or made here with the VAE stages `tiled`);
+        an attempt that lost its claim meanwhile discards what it uploaded."""
+        ran_with = self._ran_with(job, tiled)
         if not self._durably(lambda: self.store.succeed(job.id, job.attempt, outputs, ran_with, source, stages)):
             logger.warning("job %s attempt %d lost its claim; discarding its outputs", job.id, job.attempt)
             self.storage.delete_prefix(attempt_prefix(job.id, job.attempt))
@@ -408,13 +408,12 @@ class WorkerRuntime:
         logger.info("job %s attempt %d failed: %s %s", job.id, job.attempt, code, message, extra={"code": code})
         self._durably(lambda: self.store.fail(job.id, job.attempt, code, message, stages))
 
-    def _ran_with(self, job: JobRecord, ran_here: bool) -> RanWith:
+    def _ran_with(self, job: JobRecord, tiled: list[str]) -> RanWith:
         """The weights and numerics: `dtype` is the transformer's matrix multiplies (FP8 when the job asked for it or
-        the memory profile stores FP8 weights); the tiled VAE stages only when this worker ran the job."""
+        the memory profile stores FP8 weights); `tiled`: the VAE stages that ran tiled (none for reused outputs)."""
         loras = {name: self.lora_digests[name] for name in job.params.loras}
         fp8 = job.params.fp8 or (self.profile is not None and not self.profile.exact)
         dtype = "float8_e4m3fn" if fp8 else str(self.placement.dtype).removeprefix("torch.")
-        tiled = self.runner.tiled if ran_here and self.runner is not None else []
         profile = self.profile.name if self.profile else None
         return RanWith(
             base_digest=self.base_digest,
@@ -423,7 +422,7 @@ class WorkerRuntime:
             device=self.placement.device,
             dtype=dtype,
             memory_profile=profile,
-            vae_tiling=list(tiled),
+            vae_tiling=tiled,
         )
 
     def _stage(self, job: JobRecord, stage: Stage) -> None:
@@ -531,3 +530,10 @@ def edit_request(p: EditParams) -> EditRequest:
         temporal_reasoning=p.temporal_reasoning,
         reasoning_steps=p.reasoning_steps,
     )
+
+
+def _log_failure(finished: Future[None]) -> None:
+    """A job's background tail raised past its own handling (Redis out of reach longer than a lease): say so now;
+    its lease expires and the job runs again."""
+    if (exc := finished.exception()) is not None:
+        logger.error("finishing a job in the background failed; it will run again", exc_info=exc)

@@ -120,6 +120,8 @@ class WorkerSettings(CommonSettings):
                 raise ValueError(f"a worker with CHRONOEDIT_TURBO_TRANSFORMER consumes only the `{TURBO}` queue")
         elif TURBO in self.queues:
             raise ValueError(f"the `{TURBO}` queue is for workers with CHRONOEDIT_TURBO_TRANSFORMER")
+        if TURBO in self.group_queues:
+            raise ValueError(f"worker groups run the base transformer; the `{TURBO}` queue is for single-GPU workers")
         return self
 
     def turbo_dir(self) -> Path | None:

@@ -120,6 +120,8 @@ def _check_reasoning(edit: EditCreate, chosen: Preset, steps: int) -> None:
         if edit.reasoning_steps is not None:
             raise ApiError(422, "invalid_parameter", "`reasoning_steps` needs `temporal_reasoning: true`")
         return
+    if chosen.mode == TURBO:
+        raise ApiError(422, "invalid_parameter", "temporal reasoning runs on the base transformer; use mode `standard`")
     if DISTILL in chosen.loras:
         raise ApiError(
             422,

@@ -63,8 +63,6 @@ async def _create_job(
     services: Services, caller: Principal, edit: EditCreate, data: bytes | None, request_id: str
 ) -> JobRecord:
     settings = services.settings
-    if edit.mode == TURBO:
-        await run_in_threadpool(check_mode_served, services, TURBO)
     url = str(edit.webhook) if edit.webhook is not None else None
     webhook = await run_in_threadpool(check_webhook, services, caller, url, edit.webhook_events)  # DNS: off the loop
     if data is None and edit.image_url is not None:
@@ -73,6 +71,8 @@ async def _create_job(
         data = await run_in_threadpool(services.uploads.read, caller.tenant, edit.input_key)
     assert data is not None, "read_edit_request guarantees one image source"
     job, stored_input = await run_in_threadpool(build_job, edit, data, settings)
+    if job.params.mode == TURBO:  # after the request's own checks: a bad request hears about itself first
+        await run_in_threadpool(check_mode_served, services, TURBO)
     job = job.model_copy(
         update={
             "tenant": caller.tenant,
@@ -98,7 +98,10 @@ def check_mode_served(services: Services, mode: str) -> None:
     """422 when no ready worker serves `mode`: a mode only some workers serve (`turbo`) would otherwise wait in a
     queue nobody reads."""
     workers = edit_workers(services.jobs.registry.workers())
-    if not any(worker.get("ready") and mode in worker.get("modes", []) for worker in workers):
+    if not any(
+        worker.get("ready") and mode in worker.get("modes", []) and mode in worker.get("queues", [])
+        for worker in workers
+    ):
         raise ApiError(
             422,
             "mode_unavailable",

@@ -40,6 +40,9 @@ def main() -> int:
     settings = WorkerSettings()
     rank, local_rank, ranks = (int(os.environ[name]) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     configure_worker_logging(settings, rank=rank)
+    if settings.turbo_transformer is not None:
+        logger.error("a worker group runs the base transformer; run turbo workers one per GPU (`--replicas`)")
+        return 2
     placement = rank_placement(settings.device, local_rank)
     try:
         layout = ParallelLayout(**(settings.parallel_layout or ParallelLayout.for_ranks(ranks).as_dict()))
