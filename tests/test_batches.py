@@ -337,3 +337,32 @@ def test_an_items_upload_overlaps_the_next_items_model_run(make_stack, images: R
             earlier["timings"],
             later["timings"],
         )
+
+
+def test_a_storage_outage_while_an_item_finishes_fails_that_item_and_the_worker_goes_on(
+    make_stack, images: Receiver
+) -> None:
+    """The finisher thread's failures end the job as the worker's own would: storage cut while an item's outputs
+    upload leaves that item `failed` with `storage_unavailable`, and the worker runs the next item."""
+    stack = make_stack("finisher-outage")
+    stack.start_api()
+    host, port = stack.env["CHRONOEDIT_S3_ENDPOINT_URL"].removeprefix("http://").split(":")
+    proxy = Proxy(target=(host, int(port)), delay_s=0.5).start()
+    try:
+        worker = stack.start_worker("o1", env={"CHRONOEDIT_S3_ENDPOINT_URL": proxy.url})
+        with stack.client() as client:
+            first = create(client, [item(images, 0)], outputs=["image", "video"])
+            job_id = all_items(client, first["batch"]["id"])[0]["job_id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/edits/{job_id}").json()["progress"]["stage"] != "uploading":
+                assert time.monotonic() < deadline, "the item never reached its upload"
+                time.sleep(0.02)
+            proxy.cut()
+            failed = wait_job(client, job_id, timeout=180)
+            proxy.restore()
+            assert (failed["status"], failed["error"]["code"]) == ("failed", "storage_unavailable"), failed
+            assert worker.alive(), "the worker stays up"
+            second = create(client, [item(images, 1)])
+            assert wait_batch(client, second["batch"]["id"])["counts"]["succeeded"] == 1, "and runs the next item"
+    finally:
+        proxy.stop()
