@@ -98,5 +98,7 @@ def test_presets_are_the_official_values() -> None:
     assert preset("upscale").prompt("") == UPSCALE_TRIGGER
     assert preset("upscale", "fast").loras == ("upscaler", "distill")
     assert dataclasses.replace(preset("edit"), num_inference_steps=10).num_inference_steps == 10
+    turbo = preset("edit", "turbo")
+    assert (turbo.num_inference_steps, turbo.guidance_scale, turbo.flow_shift, turbo.loras) == (4, 1.0, 5.0, ())
     with pytest.raises(ValueError, match="no preset"):
-        preset("edit", "turbo")
+        preset("upscale", "turbo")
