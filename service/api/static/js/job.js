@@ -17,7 +17,7 @@ const STAGES = {
 const SHOWN_PARAMS = [
   "mode", "seed", "num_inference_steps", "guidance_scale", "flow_shift", "width", "height", "loras", "prompt",
   "enhanced_prompt", "model_prompt", "negative_prompt", "outputs", "fps", "output_size", "temporal_reasoning",
-  "reasoning_steps", "step_cache", "fp8",
+  "reasoning_steps", "step_cache", "guidance_steps", "fp8",
 ];
 
 export class JobPanel {
