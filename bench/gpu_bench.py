@@ -32,7 +32,7 @@ from diffusers import AutoencoderKLWan, ChronoEditPipeline, ChronoEditTransforme
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from chronoedit_core.memory import prefer_expandable_segments
+from chronoedit_core.profiles import prefer_expandable_segments
 from chronoedit_core.runner import EditRequest, EditRunner, RunnerOptions, frames_to_images
 from chronoedit_core.tiny import build_tiny_pipeline, build_tokenizer
 

@@ -55,11 +55,10 @@ from chronoedit_core.memory import (  # noqa: E402
     TooLargeForDevice,
     available_bytes,
     limit_memory,
-    prefer_expandable_segments,
 )
 from chronoedit_core.placement import weight_bytes  # noqa: E402
 from chronoedit_core.presets import CACHED_PROMPTS  # noqa: E402
-from chronoedit_core.profiles import PROFILES, pick  # noqa: E402
+from chronoedit_core.profiles import PROFILES, pick, prefer_expandable_segments  # noqa: E402
 from chronoedit_core.runner import EditRequest, EditRunner, EditStopped, RunnerOptions  # noqa: E402
 
 RETRY_EAGER = 3

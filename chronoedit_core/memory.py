@@ -13,7 +13,6 @@ The budget is the device's free memory plus what torch's allocator holds unused,
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -25,15 +24,6 @@ from chronoedit_core.sizing import MIN_SIDE, SIZE_MULTIPLE, Size
 GiB = 2**30
 _limits: dict[int, int] = {}
 """Bytes each device is capped to in this process (torch keeps the fraction but older releases cannot report it)."""
-
-
-def prefer_expandable_segments() -> None:
-    """Let torch's CUDA allocator grow its segments instead of caching fixed-size blocks. With fixed blocks, the
-    changing activation shapes of the memory-saving profiles fragment the cache: measured on an H100 capped to
-    44 GiB, an `fp8-resident` edit ran out of memory with 12.6 GiB reserved but unusable
-    (`bench/results/memory_profiles_h100.json`). Takes effect only before CUDA is first used; an operator's own
-    `PYTORCH_CUDA_ALLOC_CONF` wins."""
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 class TooLargeForDevice(ChronoEditError):

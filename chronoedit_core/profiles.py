@@ -19,6 +19,7 @@ not its weights, are what grows with the image, and tiling bounds them.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -185,3 +186,12 @@ def profile_named(name: str) -> MemoryProfile:
     if name not in PROFILES:
         raise ValueError(f"unknown memory profile {name!r}; use one of {', '.join(NAMES)}")
     return PROFILES[name]
+
+
+def prefer_expandable_segments() -> None:
+    """Let torch's CUDA allocator grow its segments instead of caching fixed-size blocks. With fixed blocks, the
+    changing activation shapes of the memory-saving profiles fragment the cache: measured on an H100 capped to
+    44 GiB, an `fp8-resident` edit ran out of memory with 12.6 GiB reserved but unusable
+    (`bench/results/memory_profiles_h100.json`). Takes effect only before CUDA is first used (an environment variable,
+    so a worker's main process sets it without importing torch); an operator's own `PYTORCH_CUDA_ALLOC_CONF` wins."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import av
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -223,3 +224,17 @@ def test_speed_options_are_job_options(client: httpx.Client) -> None:
 
     fp8 = wait_job(client, client.post("/v1/edits", json={**body, "fp8": True}).json()["id"])
     assert fp8["status"] == "failed" and fp8["error"]["code"] == "fp8_unavailable"
+
+
+def test_the_workers_main_process_never_loads_torch(stack: Stack) -> None:
+    """Celery forks the pool child that loads the model from the worker's main process, and torch refuses CUDA in a
+    child forked from a process that initialised it (a library's import-time `torch.cuda.is_available()` is enough):
+    on a GPU the worker would never load. So torch is in the child's memory and not in the main process's."""
+    main = psutil.Process(next(w for w in stack.workers if w.name == "worker-1").process.pid)
+
+    def loads_torch(process: psutil.Process) -> bool:
+        return any("libtorch" in region.path for region in process.memory_maps())
+
+    assert not loads_torch(main)
+    children = main.children()
+    assert children and all(loads_torch(child) for child in children)

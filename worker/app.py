@@ -1,7 +1,10 @@
 """The Celery app the GPU workers run (`celery -A worker.app worker`, or `chronoedit worker`).
 
 The pipeline is loaded in each pool child at `worker_process_init`, so CUDA is touched only in the child (DESIGN.md).
-The task is thin: it takes a job id and hands it to the process's `WorkerRuntime`.
+This module does not import torch (nor anything that does): the pool child is forked from this process, and torch
+refuses CUDA in a child forked from a process that initialised it, which a mere `torch.cuda.is_available()` in a
+library's import would do. The runtime is imported in the child. The task is thin: it takes a job id and hands it to
+the process's `WorkerRuntime`.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
-from chronoedit_core.memory import prefer_expandable_segments
+from chronoedit_core.profiles import prefer_expandable_segments
 from service.jobs.queue import RUN_BATCH_ITEM_TASK, RUN_EDIT_TASK, make_celery
 from service.logs import log_context
-from worker.logs import configure_worker_logging
-from worker.runtime import WorkerRuntime
+from worker.logs import configure_worker_logging, route_model_library_logs
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +44,16 @@ class _Process:
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     """Connected, so Celery leaves logging to us: every line (Celery's own too) in CHRONOEDIT_LOG_FORMAT."""
-    configure_worker_logging(settings)
+    configure_worker_logging(settings, model_libraries=False)
 
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
     if _Process.runtime is not None:  # installed by `serve` (the solo pool sends this signal too)
         return
+    route_model_library_logs()  # before the model libraries' import-time warnings
+    from worker.runtime import WorkerRuntime  # torch: in the pool child only
+
     runtime = WorkerRuntime(settings)
     try:
         runtime.start()

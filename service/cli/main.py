@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.cli.batch import add_batch_parser, run_batch
 from service.cli.edit import add_edit_parser, run_edit
@@ -17,6 +18,10 @@ from service.cli.keys import add_keys_parser
 from service.cli.serve import cmd_serve
 from service.logs import configure_logging
 from service.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from service.enhance.prompts import PromptEnhancer
+    from service.enhance.settings import EnhancerSettings
 
 
 def cmd_api(_: argparse.Namespace) -> int:
@@ -41,7 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.settings import WorkerSettings
 
     # Before the model libraries load and Celery starts, so their warnings are log lines too.
-    configure_worker_logging(WorkerSettings())
+    configure_worker_logging(WorkerSettings(), model_libraries=False)  # no torch in Celery's main process
     from worker.app import app, settings, worker_argv
 
     app.worker_main(worker_argv("prefork", settings.queues, settings.worker_name))
@@ -57,14 +62,20 @@ def cmd_enhancer_worker(_: argparse.Namespace) -> int:
     from service.enhance.worker import run
 
     if settings.enhancer_backend == "local":
-        from worker.enhancer import LocalEnhancer
-
-        run(LocalEnhancer.from_settings, in_child=True)
+        run(_local_enhancer, in_child=True)
     else:
         from service.enhance.remote import RemoteEnhancer
 
         run(RemoteEnhancer, in_child=False)
     return 0
+
+
+def _local_enhancer(settings: EnhancerSettings) -> PromptEnhancer:
+    """The local vision-language model, imported in the pool child: torch never loads in Celery's main process, so
+    the child forked from it may use CUDA (`worker/app.py`)."""
+    from worker.enhancer import LocalEnhancer
+
+    return LocalEnhancer.from_settings(settings)
 
 
 def cmd_metrics_targets(args: argparse.Namespace) -> int:

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from chronoedit_core.errors import ModelLoadError
 from chronoedit_core.loading import Placement, load_pipeline
 from chronoedit_core.loras import LoraSet
-from chronoedit_core.memory import prefer_expandable_segments
 from chronoedit_core.parallel import ParallelLayout
+from chronoedit_core.profiles import prefer_expandable_segments
 from chronoedit_core.runner import EditStopped
 from worker.group.channel import FollowerChannel, Idle, Stop
 from worker.group.leader import GroupLeaderRuntime
