@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import os
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -36,9 +35,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.local_stack import stack_env
 from service.cli.processes import Child, free_port, python_module, start_redis, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent
 JOBS = {
     "standard_edit": {"width": 640, "height": 368},
     "temporal_reasoning": {"width": 320, "height": 192, "temporal_reasoning": True, "outputs": ["image", "video"]},
@@ -91,23 +90,17 @@ def start_stack(data: Path, gpus: int, children: list[Child], summary: dict[str,
 
     model = write_tiny_model(data / "tiny-model")
     redis_port, port = free_port(), free_port()
-    env = {
-        "PYTHONPATH": str(ROOT),
-        "CHRONOEDIT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CHRONOEDIT_STORAGE_BACKEND": "local",
-        "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
-        "CHRONOEDIT_URL_SIGNING_SECRET": secrets.token_hex(16),
-        "CHRONOEDIT_MODEL_DIR": str(model),
-        "CHRONOEDIT_GROUP_QUEUES": '["edits", "reasoning"]',
-        "CHRONOEDIT_WORKER_NAME": "gpu-group",
-        "CHRONOEDIT_PORT": str(port),
-        "CHRONOEDIT_AUTH_REQUIRED": "false",
-        "CHRONOEDIT_METRICS_PORT": "0",
-        "CHRONOEDIT_LOG_FORMAT": "plain",
-        "NCCL_NVLS_ENABLE": "0",
-        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-        "NVSHMEM_DISABLE_NVLS": "1",
-    }
+    env = stack_env(
+        data,
+        model,
+        redis_port,
+        port,
+        CHRONOEDIT_GROUP_QUEUES='["edits", "reasoning"]',
+        CHRONOEDIT_WORKER_NAME="gpu-group",
+        NCCL_NVLS_ENABLE="0",
+        TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
+        NVSHMEM_DISABLE_NVLS="1",
+    )
     children.append(start_redis(redis_port, data / "redis", log=data / "redis.log"))
     started = time.monotonic()
     group = Child("group", python_module("service.cli", "worker", "--gpus", str(gpus)), env, log=data / "group.log")

@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.local_stack import stack_env
 from service.cli.processes import Child, free_port, python_module, start_redis, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,22 +86,16 @@ def write_model(directory: Path, tiny: bool) -> Path:
 def start_stack(out: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any]) -> str:
     data = out / "stack"
     redis_port, port = free_port(), free_port()
-    env = {
-        "PYTHONPATH": str(ROOT),
-        "CHRONOEDIT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CHRONOEDIT_STORAGE_BACKEND": "local",
-        "CHRONOEDIT_STORAGE_DIR": str(data / "storage"),
-        "CHRONOEDIT_URL_SIGNING_SECRET": secrets.token_hex(16),
-        "CHRONOEDIT_MODEL_DIR": str(model),
-        "CHRONOEDIT_VERIFY_MANIFEST": "false",
-        "CHRONOEDIT_QUEUES": '["edits"]',
-        "CHRONOEDIT_WORKER_NAME": "gpu-worker",
-        "CHRONOEDIT_PORT": str(port),
-        "CHRONOEDIT_AUTH_REQUIRED": "false",
-        "CHRONOEDIT_METRICS_PORT": "0",
-        "CHRONOEDIT_LOG_FORMAT": "plain",
+    env = stack_env(
+        data,
+        model,
+        redis_port,
+        port,
+        CHRONOEDIT_VERIFY_MANIFEST="false",
+        CHRONOEDIT_QUEUES='["edits"]',
+        CHRONOEDIT_WORKER_NAME="gpu-worker",
         **({"CHRONOEDIT_DEVICE": "cpu"} if tiny else {}),
-    }
+    )
     children.append(start_redis(redis_port, data / "redis", log=out / "redis.log"))
     started = time.monotonic()
     worker = Child("worker", python_module("service.cli", "worker"), env, log=out / "worker.log")
