@@ -1,11 +1,14 @@
-"""The environment the GPU benchmarks give the service's processes on one machine: the embedded stack's pieces
-(a redis-server on `redis_port`, local storage under `data`), the API on `port` without keys, plain log lines and a
-free metrics port."""
+"""The service on one GPU machine for the benchmarks that go through its API: the embedded stack's pieces (a
+redis-server, local storage), one worker command and the API without keys, plain log lines, free ports."""
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from service.cli.processes import Child, free_port, python_module, start_redis, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +28,26 @@ def stack_env(data: Path, model: Path, redis_port: int, port: int, **settings: s
         "CHRONOEDIT_LOG_FORMAT": "plain",
         **settings,
     }
+
+
+def start_local_stack(
+    data: Path,
+    logs: Path,
+    model: Path,
+    worker_args: Sequence[str],
+    children: list[Child],
+    timeout: float,
+    **settings: str,
+) -> tuple[str, Child, float]:
+    """Start redis, `chronoedit worker WORKER_ARGS` and the API (appended to `children`, to stop in reverse); wait
+    until the API is ready, which needs a ready worker. Returns the API's URL, the worker and the seconds it took."""
+    redis_port, port = free_port(), free_port()
+    env = stack_env(data, model, redis_port, port, **settings)
+    children.append(start_redis(redis_port, data / "redis", log=logs / "redis.log"))
+    started = time.monotonic()
+    worker = Child("worker", python_module("service.cli", "worker", *worker_args), env, log=logs / "worker.log")
+    children.append(worker)
+    children.append(Child("api", python_module("service.cli", "api"), env, log=logs / "api.log"))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz", children[-1], timeout=timeout)
+    return base, worker, time.monotonic() - started

@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.local_stack import stack_env
-from service.cli.processes import Child, free_port, python_module, start_redis, wait_http
+from bench.local_stack import start_local_stack
+from service.cli.processes import Child
 
 JOBS = {
     "standard_edit": {"width": 640, "height": 368},
@@ -89,26 +89,19 @@ def start_stack(data: Path, gpus: int, children: list[Child], summary: dict[str,
     from chronoedit_core.tiny import write_tiny_model
 
     model = write_tiny_model(data / "tiny-model")
-    redis_port, port = free_port(), free_port()
-    env = stack_env(
+    base, group, summary["group_ready_s"] = start_local_stack(
+        data,
         data,
         model,
-        redis_port,
-        port,
+        ["--gpus", str(gpus)],
+        children,
+        timeout=600,
         CHRONOEDIT_GROUP_QUEUES='["edits", "reasoning"]',
         CHRONOEDIT_WORKER_NAME="gpu-group",
         NCCL_NVLS_ENABLE="0",
         TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
         NVSHMEM_DISABLE_NVLS="1",
     )
-    children.append(start_redis(redis_port, data / "redis", log=data / "redis.log"))
-    started = time.monotonic()
-    group = Child("group", python_module("service.cli", "worker", "--gpus", str(gpus)), env, log=data / "group.log")
-    children.append(group)
-    children.append(Child("api", python_module("service.cli", "api"), env, log=data / "api.log"))
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/readyz", children[-1], timeout=600)
-    summary["group_ready_s"] = time.monotonic() - started
     assert group.alive(), "the worker group exited"
     return base, model
 

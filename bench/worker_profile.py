@@ -31,8 +31,8 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.local_stack import stack_env
-from service.cli.processes import Child, free_port, python_module, start_redis, wait_http
+from bench.local_stack import start_local_stack
+from service.cli.processes import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("queue_wait", "input_load", "inference", "encode", "upload", "total")
@@ -84,26 +84,18 @@ def write_model(directory: Path, tiny: bool) -> Path:
 
 
 def start_stack(out: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any]) -> str:
-    data = out / "stack"
-    redis_port, port = free_port(), free_port()
-    env = stack_env(
-        data,
+    base, worker, summary["worker_ready_s"] = start_local_stack(
+        out / "stack",
+        out,
         model,
-        redis_port,
-        port,
+        [],
+        children,
+        timeout=900,
         CHRONOEDIT_VERIFY_MANIFEST="false",
         CHRONOEDIT_QUEUES='["edits"]',
         CHRONOEDIT_WORKER_NAME="gpu-worker",
         **({"CHRONOEDIT_DEVICE": "cpu"} if tiny else {}),
     )
-    children.append(start_redis(redis_port, data / "redis", log=out / "redis.log"))
-    started = time.monotonic()
-    worker = Child("worker", python_module("service.cli", "worker"), env, log=out / "worker.log")
-    children.append(worker)
-    children.append(Child("api", python_module("service.cli", "api"), env, log=out / "api.log"))
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/readyz", children[-1], timeout=900)
-    summary["worker_ready_s"] = time.monotonic() - started
     assert worker.alive(), "the worker exited"
     return base
 

@@ -86,13 +86,13 @@ class MemoryProfile:
     transformer: Home
     text_encoder: Home
     image_encoder: Home
-    tiling: bool
-    """Whether a stage that would not fit untiled runs with VAE tiling (slightly different pixels) instead of being
-    refused."""
-    min_gib: float
-    """`auto` picks the first profile (in `PROFILES` order) whose `min_gib` the GPU has and whose weights it can run."""
     output: str
     """What the profile changes in the output, for people."""
+    min_gib: float
+    """`auto` picks the first profile (in `PROFILES` order) whose `min_gib` the GPU has and whose weights it can run."""
+    tiling: bool = True
+    """Whether a stage that would not fit untiled runs with VAE tiling (slightly different pixels) instead of being
+    refused (every profile does; tests take it off to see the untiled admission)."""
 
     @property
     def exact(self) -> bool:
@@ -113,6 +113,8 @@ class MemoryProfile:
         return BLOCKS_STREAMED[self.weights] if self.streams_transformer else 0
 
 
+EXACT_UNLESS_TILED = "none, except at sizes that need VAE tiling (slightly different pixels there)"
+
 PROFILES: dict[str, MemoryProfile] = {
     p.name: p
     for p in (
@@ -122,9 +124,8 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="gpu",
             text_encoder="gpu",
             image_encoder="gpu",
-            tiling=True,
             min_gib=70,
-            output="none, except at sizes that need VAE tiling (slightly different pixels there)",
+            output=EXACT_UNLESS_TILED,
         ),
         MemoryProfile(
             name="fp8-resident",
@@ -132,7 +133,6 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="gpu",
             text_encoder="streamed",
             image_encoder="gpu",
-            tiling=True,
             min_gib=40,
             output="FP8 weights and matrix multiplies for every job (the opt-in `fp8` deviation); VAE tiling where "
             "needed",
@@ -143,9 +143,8 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="gpu",
             text_encoder="streamed",
             image_encoder="gpu",
-            tiling=True,
             min_gib=44,
-            output="none, except at sizes that need VAE tiling (slightly different pixels there)",
+            output=EXACT_UNLESS_TILED,
         ),
         MemoryProfile(
             name="fp8-offload",
@@ -153,7 +152,6 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="streamed",
             text_encoder="streamed",
             image_encoder="streamed",
-            tiling=True,
             min_gib=0,
             output="FP8 weights and matrix multiplies for every job; VAE tiling where needed",
         ),
@@ -163,9 +161,8 @@ PROFILES: dict[str, MemoryProfile] = {
             transformer="streamed",
             text_encoder="streamed",
             image_encoder="streamed",
-            tiling=True,
             min_gib=0,
-            output="none, except at sizes that need VAE tiling (slightly different pixels there)",
+            output=EXACT_UNLESS_TILED,
         ),
     )
 }

@@ -197,8 +197,7 @@ class EditRunner:
     def denoise(self, request: EditRequest, image: Image.Image, on_step: StepCallback | None = None) -> torch.Tensor:
         """The stock pipeline's steps 3 to 6, in its order, returning the final latents."""
         pipe, transformer, device = self.pipe, self.pipe.transformer, self.device
-        self.check(request)
-        plan = self.plan(request)
+        plan = self.check(request)
         self.tiled = ["encode"] if plan.tile_encode else []
         dtype = transformer.dtype
         prompt_embeds = self.prompts.embeds(request.prompt, device).to(dtype)
@@ -238,17 +237,18 @@ class EditRunner:
                     raise EditStopped(i + 1)
         return latents
 
-    def check(self, request: EditRequest) -> None:
+    def check(self, request: EditRequest) -> memory.Plan:
         """Refuse, before any work, what this runner cannot do: sizes off the 16-pixel grid, more than the GPU has
-        left under the memory profile, FP8 without FP8 weights."""
+        left under the memory profile, FP8 without FP8 weights. Returns the stage plan it fits with."""
         if request.height % 16 or request.width % 16:
             raise ValueError(
                 f"`height` and `width` have to be divisible by 16 but are {request.height} and {request.width}."
             )
-        self.plan(request)
+        plan = self.plan(request)
         if request.fp8 and not self.fp8_available:
             message = "this worker has no FP8 weights (CHRONOEDIT_FP8, or the fp8-resident / fp8-offload profiles)"
             raise ChronoEditError(message, code="fp8_unavailable")
+        return plan
 
     def plan(self, request: EditRequest) -> memory.Plan:
         """Which VAE stages this edit runs tiled, given what the GPU has left now; `TooLargeForDevice` when even the
