@@ -1,8 +1,15 @@
 """A job through the API on a multi-GPU machine: the embedded stack's pieces (redis-server, local storage, `chronoedit
-api`) and a worker group of 2 on NCCL (`chronoedit worker --gpus 2`) serving the tiny model; one standard-mode edit
-and one temporal-reasoning edit submitted over HTTP, waited for, their PNGs checked against this project's
-single-GPU runner on GPU 0 (the worker's options: compiled, bfloat16) for the same seed. Writes a JSON summary and
-the processes' logs to `$OUT` (or `--out`); exits non-zero when a check fails.
+api`) and a worker group of 2 on NCCL (`chronoedit worker --gpus 2`) serving the tiny model; a standard-mode edit, the
+same edit without guidance and a temporal-reasoning edit submitted over HTTP, waited for, their PNGs checked against
+this project's single-GPU runner on GPU 0 (bfloat16, the worker's options) for the same seed: relative L2 under 1%,
+the exact runner's bound. Writes a JSON summary and the processes' logs to `$OUT` (or `--out`); exits non-zero when a
+check fails.
+
+The group and the reference run eager by default, which makes this a check of the group's protocol: on the GPU the
+eager tiny model gives the same bits on either GPU. Two compilations of the transformer blocks can pick kernels that
+round a few values one bfloat16 step apart (measured on two H200s: one runner per GPU in one process part at the
+fifth step's conditional pass, with equal inputs), and the tiny random-weight model amplifies that to about 5% of the
+image; `--compiled` shows it. The group's deviation at real shapes, compiled, is in `bench/multi_gpu_bench.py`.
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONPATH=. \\
         python3 bench/multi_gpu_api_job.py --out "$OUT"
@@ -40,6 +47,9 @@ from service.cli.processes import Child
 
 JOBS = {
     "standard_edit": {"width": 640, "height": 368},
+    # guidance 1: both ranks of a guidance split run the same pass, so this is two processes' bfloat16 arithmetic
+    # side by side (the floor the guided jobs' deviation is read against)
+    "unguided_edit": {"width": 640, "height": 368, "guidance_scale": 1.0},
     "temporal_reasoning": {"width": 320, "height": 192, "temporal_reasoning": True, "outputs": ["image", "video"]},
 }
 COMMON = {"prompt": "The user wants to turn the box bright green.", "seed": 1234, "num_inference_steps": 20}
@@ -51,6 +61,7 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--data", default=None, help="the stack's folder (model, storage, logs); default OUT/stack")
     parser.add_argument("--no-video", action="store_true", help="image outputs only (PyAV need not be installed)")
+    parser.add_argument("--compiled", action="store_true", help="the group and the reference compile their blocks")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,19 +69,19 @@ def main() -> int:
     data.mkdir(parents=True, exist_ok=True)
     if args.no_video:
         JOBS["temporal_reasoning"]["outputs"] = ["image"]
-    summary: dict[str, Any] = {"gpus": args.gpus, "video": not args.no_video}
+    summary: dict[str, Any] = {"gpus": args.gpus, "video": not args.no_video, "compiled": args.compiled}
     children: list[Child] = []
     image = product_photo()
     try:
-        base, model = start_stack(data, args.gpus, children, summary)
+        base, model = start_stack(data, args.gpus, args.compiled, children, summary)
         with httpx.Client(base_url=base, timeout=60) as client:
             summary["models"] = client.get("/v1/models").json()["data"]
             summary["jobs"] = {name: run_job(client, base, image, fields) for name, fields in JOBS.items()}
     finally:
         for child in reversed(children):
             child.stop(timeout=60)
-    compare(model, image, summary)
-    summary["ok"] = all(job["status"] == "succeeded" and job["max_abs_px"] <= 2 for job in summary["jobs"].values())
+    compare(model, image, args.compiled, summary)
+    summary["ok"] = all(job["status"] == "succeeded" and job["rel_l2"] < 0.01 for job in summary["jobs"].values())
     (out / "multi_gpu_api_job.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}, indent=1, default=str), flush=True)
     return 0 if summary["ok"] else 1
@@ -85,7 +96,9 @@ def product_photo() -> bytes:
     return buffer.getvalue()
 
 
-def start_stack(data: Path, gpus: int, children: list[Child], summary: dict[str, Any]) -> tuple[str, Path]:
+def start_stack(
+    data: Path, gpus: int, compiled: bool, children: list[Child], summary: dict[str, Any]
+) -> tuple[str, Path]:
     from chronoedit_core.tiny import write_tiny_model
 
     model = write_tiny_model(data / "tiny-model")
@@ -98,6 +111,7 @@ def start_stack(data: Path, gpus: int, children: list[Child], summary: dict[str,
         timeout=600,
         CHRONOEDIT_GROUP_QUEUES='["edits", "reasoning"]',
         CHRONOEDIT_WORKER_NAME="gpu-group",
+        CHRONOEDIT_COMPILE=str(compiled).lower(),
         NCCL_NVLS_ENABLE="0",
         TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
         NVSHMEM_DISABLE_NVLS="1",
@@ -123,7 +137,7 @@ def run_job(client: httpx.Client, base: str, image: bytes, fields: dict[str, Any
     return result
 
 
-def compare(model: Path, image: bytes, summary: dict[str, Any]) -> None:
+def compare(model: Path, image: bytes, compiled: bool, summary: dict[str, Any]) -> None:
     """Each served PNG against the single-GPU runner on GPU 0 with the worker's options, same parameters."""
     import torch
 
@@ -137,19 +151,23 @@ def compare(model: Path, image: bytes, summary: dict[str, Any]) -> None:
     placement = Placement.resolve("cuda:0" if torch.cuda.is_available() else "cpu")  # CPU: a check of the script
     if placement.device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # as torchrun's ranks: same float sums
-    runner = EditRunner(load_pipeline(model, placement), runner_options(WorkerSettings(), placement))
+    settings = WorkerSettings(compile=compiled and placement.device != "cpu")
+    runner = EditRunner(load_pipeline(model, placement), runner_options(settings, placement))
     if runner.options.compile:  # the worker's warm-up: the shape-generic graph compiled at 1280x720 first
         warm = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
         runner.run(warm, Image.new("RGB", (1280, 720)))
     source = Image.open(io.BytesIO(image)).convert("RGB")
     for job in summary["jobs"].values():
-        job["max_abs_px"] = 255
+        job["max_abs_px"], job["rel_l2"] = 255, 1.0
         if job["status"] != "succeeded":
             continue
-        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(job.pop("png")))).convert("RGB")).astype(int)
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(job.pop("png")))).convert("RGB")).astype(float)
         expected = np.asarray(runner.run(edit_request(EditParams.model_validate(job["params"])), source).image)
-        job["max_abs_px"] = int(np.abs(served - expected.astype(int)).max())
-        job["mean_abs_px"] = float(np.abs(served - expected.astype(int)).mean())
+        difference = served - expected.astype(float)
+        job["max_abs_px"] = int(np.abs(difference).max())
+        job["mean_abs_px"] = float(np.abs(difference).mean())
+        # the exact runner's bound (relative L2 under 1%), here on the PNG's pixels, not on the latents
+        job["rel_l2"] = float(np.linalg.norm(difference) / np.linalg.norm(expected.astype(float)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The fast preset's numbers (8 steps, guidance 1, flow shift 2) run without the di
 not have: an adapter changes the weights, not the work. Weight digests are not verified (hashing 47 GB would only add
 start time).
 
-    PYTHONPATH=. python3 bench/worker_profile.py --out "$OUT" --dir /tmp/ckpt     # on the GPU machine (~50 GB disk)
+    PYTHONPATH=. python3 bench/worker_profile.py --out "$OUT" --dir /tmp/ckpt --data /tmp/stack   # GPU, ~50 GB disk
     python bench/worker_profile.py --tiny --out /tmp/profile                      # the same at toy size on a CPU
 
 Needs the service's dependencies as wheels on the GPU machine (see `bench/multi_gpu_api_job.py`).
@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "var/worker-profile"))
     parser.add_argument("--dir", default="/tmp/ckpt", help="where the random-weight checkpoint is written")
     parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--data", default=None, help="the stack's folder (storage, Redis); default OUT/stack")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU, to check the script itself")
     args = parser.parse_args()
     out = Path(args.out)
@@ -56,7 +57,8 @@ def main() -> int:
     summary["checkpoint_s"] = time.monotonic() - started
     children: list[Child] = []
     try:
-        base = start_stack(out, model, args.tiny, children, summary)
+        data = Path(args.data) if args.data else out / "stack"
+        base = start_stack(data, out, model, args.tiny, children, summary)
         with httpx.Client(base_url=base, timeout=300) as client:
             summary["worker"] = client.get("/v1/models").json()["data"]
             summary["runs"] = [run_job(client, photo(size), size, seed) for seed in range(args.jobs)]
@@ -83,10 +85,10 @@ def write_model(directory: Path, tiny: bool) -> Path:
     return directory
 
 
-def start_stack(out: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any]) -> str:
+def start_stack(data: Path, logs: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any]) -> str:
     base, worker, summary["worker_ready_s"] = start_local_stack(
-        out / "stack",
-        out,
+        data,
+        logs,
         model,
         [],
         children,
