@@ -13,6 +13,33 @@ _databases = itertools.count(0)
 REDIS_DATABASES = 64
 """Stacks take 0, 1, 2 ... in turn; tests that use Redis without a stack take 60 to 63."""
 
+_running: list[Stack] = []
+"""Every stack built and not yet stopped, oldest first. A stack's processes stop when the scope that built it ends
+(the test, or the module for a module fixture's), so a long session does not keep dozens of idle workers polling
+Redis on a small machine; the shared stack lives for the session."""
+_shared: list[Stack] = []
+
+
+def _stop_stacks_built_since(count: int) -> None:
+    for stack in reversed(_running[count:]):
+        if not any(stack is shared for shared in _shared):
+            stack.stop()
+            _running.remove(stack)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_stacks() -> Iterator[None]:
+    count = len(_running)
+    yield
+    _stop_stacks_built_since(count)
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_tests_stacks() -> Iterator[None]:
+    count = len(_running)
+    yield
+    _stop_stacks_built_since(count)
+
 
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -44,7 +71,6 @@ def s3_endpoint(logs_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: Path) -> Iterator:
     """Builds isolated stacks: each gets its own Redis database (hence queues), key prefix and bucket."""
-    stacks: list[Stack] = []
 
     def make(name: str, **env: str) -> Stack:
         db = next(_databases)
@@ -77,18 +103,20 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
                 **env,
             },
         )
-        stacks.append(stack)
+        _running.append(stack)
         return stack
 
     yield make
-    for stack in stacks:
+    for stack in reversed(_running):
         stack.stop()
+    _running.clear()
 
 
 @pytest.fixture(scope="session")
 def stack(make_stack) -> Stack:
     """The shared stack: API and one ready worker, for tests that do not kill anything."""
     shared = make_stack("shared")
+    _shared.append(shared)
     shared.start_api()
     shared.start_webhook_worker()
     shared.start_worker("worker-1")
