@@ -25,8 +25,10 @@ from tests.stack import S3_ENV, sample_image, wait_job
 pytestmark = pytest.mark.stack
 
 SHORT = {"prompt": "make it red", "num_inference_steps": "2", "width": "32", "height": "32"}
-LONG = {**SHORT, "num_inference_steps": "100", "width": "160", "height": "160"}
-"""Several seconds on a CPU worker: long enough to act while it runs."""
+LONG = {**SHORT, "num_inference_steps": "100", "width": "320", "height": "320"}
+"""Several seconds on a CPU worker (over 3 s on an idle two-core machine): long enough to act while it runs."""
+LONGER = {**LONG, "width": "640", "height": "640"}
+"""Well over the 2 s visibility timeout of the test that needs a job to outlast it (about 15 s)."""
 
 
 def submit(client: httpx.Client, fields: dict[str, str], **extra: str) -> dict[str, Any]:
@@ -174,8 +176,9 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(make_stack) -> None:
     stack.start_worker("v1")
     stack.start_worker("v2")
     with stack.client() as client:
-        job = wait_job(client, submit(client, LONG)["id"], timeout=180)
+        job = wait_job(client, submit(client, LONGER)["id"], timeout=180)
     assert job["status"] == "succeeded" and job["attempt"] == 1, job
+    assert job["timings"]["inference"] > 4, "the job must outlast the visibility timeout with room to spare"
 
     def dropped() -> list[str]:
         return [
