@@ -151,8 +151,7 @@ def compare(model: Path, image: bytes, compiled: bool, summary: dict[str, Any]) 
     placement = Placement.resolve("cuda:0" if torch.cuda.is_available() else "cpu")  # CPU: a check of the script
     if placement.device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # as torchrun's ranks: same float sums
-    settings = WorkerSettings(compile=compiled and placement.device != "cpu")
-    runner = EditRunner(load_pipeline(model, placement), runner_options(settings, placement))
+    runner = EditRunner(load_pipeline(model, placement), runner_options(WorkerSettings(compile=compiled), placement))
     if runner.options.compile:  # the worker's warm-up: the shape-generic graph compiled at 1280x720 first
         warm = EditRequest(prompt="warm-up", width=1280, height=720, seed=0, num_inference_steps=1)
         runner.run(warm, Image.new("RGB", (1280, 720)))

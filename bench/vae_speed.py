@@ -95,6 +95,8 @@ def main() -> None:
     }
 
     def variant(name: str, channels_last: bool = False, benchmark: bool = False, compiled: bool = False) -> None:
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the previous variant's VAE and activations are gone
         vae = AutoencoderKLWan(**config).to(device).eval()
         vae.load_state_dict(state)
         memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -124,9 +126,6 @@ def main() -> None:
             torch.backends.cudnn.benchmark = False
         results[name] = entry
         print(name, json.dumps(entry), flush=True)
-        vae.to("meta")
-        if device == "cuda":
-            torch.cuda.empty_cache()
 
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     del reference_vae

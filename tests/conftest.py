@@ -16,15 +16,12 @@ REDIS_DATABASES = 64
 _running: list[Stack] = []
 """Every stack built and not yet stopped, oldest first. A stack's processes stop when the scope that built it ends
 (the test, or the module for a module fixture's), so a long session does not keep dozens of idle workers polling
-Redis on a small machine; the shared stack lives for the session."""
-_shared: list[Stack] = []
+Redis on a small machine; the shared stack is not in here: it lives for the session."""
 
 
 def _stop_stacks_built_since(count: int) -> None:
-    for stack in reversed(_running[count:]):
-        if not any(stack is shared for shared in _shared):
-            stack.stop()
-            _running.remove(stack)
+    while len(_running) > count:
+        _running.pop().stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,14 +110,15 @@ def make_stack(redis_server: str, s3_endpoint: str, tiny_model: Path, logs_dir: 
 
 
 @pytest.fixture(scope="session")
-def stack(make_stack) -> Stack:
+def stack(make_stack) -> Iterator[Stack]:
     """The shared stack: API and one ready worker, for tests that do not kill anything."""
     shared = make_stack("shared")
-    _shared.append(shared)
+    _running.remove(shared)  # stopped at the end of the session, not of the test that first asked for it
     shared.start_api()
     shared.start_webhook_worker()
     shared.start_worker("worker-1")
-    return shared
+    yield shared
+    shared.stop()
 
 
 @pytest.fixture
