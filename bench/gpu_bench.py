@@ -7,9 +7,10 @@ timing does not depend on weight values), then in one process times, at 1280x720
   same architecture); and a catalog upscale to 2048x1536 in fast mode (images per hour: the upscaler LoRA changes
   weights, not the work; on an 80 GB card the runner's `resident` profile tiles the VAE at this size);
 for the stock pipeline, the runner in eager mode (must equal stock), the runner in its exact fast configuration
-(regional torch.compile + attention backend), and opt-in step caching. Reports seconds end to end, seconds per
-transformer forward, achieved TFLOP/s against a bf16 matmul rate measured in the same run, peak memory, the ratio
-to stock, and each output's deviation from stock's for the same seed.
+(regional torch.compile + attention backend), and the opt-in modes (FP8, step caching, limited guidance) on the fast,
+standard and 2K upscale cases. Reports seconds end to end, seconds per transformer forward, achieved TFLOP/s against
+a bf16 matmul rate measured in the same run, peak memory, the ratio to stock, and each output's deviation from
+stock's for the same seed.
 
     python bench/gpu_bench.py --out bench/results        # on the GPU machine (see README, Performance)
     python bench/gpu_bench.py --cases upscale_2k_fast_8step --out bench/results   # one case (stock and exact)
@@ -80,6 +81,8 @@ CASES = [
     Case("turbo_edit_4step", 4, 1.0, 5.0, against="fast_edit_8step"),
 ]
 TINY_SIZES = {"upscale_2k_fast_8step": (96, 64)}
+OPT_IN_CASES = ("fast_edit_8step", "standard_edit_50step", "upscale_2k_fast_8step")
+"""The cases the opt-in modes (step caching, FP8, limited guidance where guided) are timed on."""
 
 
 def build_real_pipeline(device: str) -> ChronoEditPipeline:
@@ -357,12 +360,16 @@ def main() -> None:
     for case in cases:
         compare(bench, "exact", case, lambda c=case: run_ours(runner, c, *inputs(c)), stock)
         bench.results[f"exact/{case.name}"]["vae_tiling"] = list(runner.tiled)  # stages the memory profile tiled
-    opt_in_cases = [case for case in cases if case in CASES[:2]]
+    opt_in_cases = [case for case in cases if case.name in OPT_IN_CASES]
     modes: list[tuple[str, dict[str, Any]]] = [
         (f"cache{t}", {"step_cache_threshold": float(t)}) for t in args.cache.split(",") if t
     ]
     if options.fp8 and opt_in_cases:
-        bench.timed("fp8/compile_warmup", lambda: run_ours(runner, warm, *inputs(warm), fp8=True), timer)
+        for size_case in {inputs(case)[1]: case for case in opt_in_cases}.values():  # FP8 compiles per shape too
+            warm_fp8 = Case(f"warmup_{size_case.name}", 1, 1.0, 2.0, size=size_case.size)
+            bench.timed(
+                f"fp8/compile_{warm_fp8.name}", lambda w=warm_fp8: run_ours(runner, w, *inputs(w), fp8=True), timer
+            )
         last_cache = modes[-1][1] if modes else None
         modes.append(("fp8", {"fp8": True}))
         if last_cache is not None:

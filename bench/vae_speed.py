@@ -3,10 +3,11 @@ shape with random weights, the fast edit's encode (5 frames at 1280x720) and dec
 timed after a warm-up and compared with the plain result (max abs and relative L2 on the [-1, 1] output).
 
 Variants: plain (what the runner does), cuDNN autotuning, channels-last 3D memory format for the convolutions (with
-and without autotuning), and regional `torch.compile` of the residual blocks (norms and activations fused around
-cuDNN's convolutions).
+and without autotuning), and regional `torch.compile` of the residual and attention blocks (the runner's
+`compile_vae`: norms and activations fused around cuDNN's convolutions), with and without channels-last.
 
     PYTHONPATH=. python3 bench/vae_speed.py --out "$OUT"      # on the GPU machine (~2 min)
+    PYTHONPATH=. python3 bench/vae_speed.py --only-compiled --size 2048x1536 --out "$OUT"   # the catalog upscale
     python bench/vae_speed.py --tiny --out /tmp/vae            # the script itself, toy size on the CPU
 """
 
@@ -25,6 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from chronoedit_core.runner import compile_vae
 
 
 def timed(fn: Callable[[], torch.Tensor], device: str, repeat: int) -> tuple[float, torch.Tensor]:
@@ -56,16 +58,6 @@ def to_channels_last(vae: AutoencoderKLWan) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
-def compile_blocks(vae: AutoencoderKLWan, dynamic: bool) -> None:
-    """Every residual and attention block compiled; the blocks share their code but not their shapes and caches, so
-    each needs graphs of its own: the recompile limit is raised to hold them all."""
-    torch._dynamo.config.recompile_limit = 256
-    torch._dynamo.config.accumulated_recompile_limit = 4096
-    for module in vae.modules():
-        if type(module).__name__ in ("WanResidualBlock", "WanAttentionBlock"):
-            module.compile(dynamic=dynamic)
-
-
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -74,9 +66,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dynamic", action="store_true", help="shape-generic graphs (default: one per shape)")
     parser.add_argument("--only-compiled", action="store_true", help="plain and the compiled variants")
+    parser.add_argument("--size", default="1280x720", help="output size, WxH (the catalog upscale's: 2048x1536)")
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
-    width, height = (64, 48) if args.tiny else (1280, 720)
+    width, height = (64, 48) if args.tiny else tuple(int(side) for side in args.size.split("x"))
     torch.manual_seed(0)
     config = {"base_dim": 8, "z_dim": 16} if args.tiny else {}
     reference_vae = AutoencoderKLWan(**config).to(device).eval()
@@ -97,13 +90,14 @@ def main() -> None:
     def variant(name: str, channels_last: bool = False, benchmark: bool = False, compiled: bool = False) -> None:
         if device == "cuda":
             torch.cuda.empty_cache()  # the previous variant's VAE and activations are gone
+            torch.cuda.reset_peak_memory_stats()
         vae = AutoencoderKLWan(**config).to(device).eval()
         vae.load_state_dict(state)
         memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         if channels_last:
             to_channels_last(vae)
         if compiled:
-            compile_blocks(vae, args.dynamic)
+            compile_vae(vae, args.dynamic)
         torch.backends.cudnn.benchmark = benchmark
         entry: dict[str, Any] = {}
         started = time.perf_counter()
@@ -114,6 +108,8 @@ def main() -> None:
             entry["decode_s"], decoded = timed(lambda: vae.decode(z, return_dict=False)[0], device, args.repeat)
             outputs[name] = (encoded, decoded)
             entry["variant_wall_s"] = time.perf_counter() - started  # with the warm-ups: compilation
+            if device == "cuda":
+                entry["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if name != "plain":
                 entry["encode_vs_plain"] = deviation(encoded, outputs["plain"][0])
                 entry["decode_vs_plain"] = deviation(decoded, outputs["plain"][1])
@@ -140,6 +136,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "vae_speed_tiny_cpu" if args.tiny else f"vae_speed_{results['meta']['device'].split()[-1].lower()}"
     name += "_dynamic" if args.dynamic else ""
+    name += "" if args.tiny or args.size == "1280x720" else f"_{args.size}"
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
 
 

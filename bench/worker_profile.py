@@ -9,6 +9,7 @@ not have: an adapter changes the weights, not the work. Weight digests are not v
 start time).
 
     PYTHONPATH=. python3 bench/worker_profile.py --out "$OUT" --dir /tmp/ckpt --data /tmp/stack   # GPU, ~50 GB disk
+    ... --size 2048x1536 --compile-vae        # a catalog worker's upscale size, with the VAE compiled for it
     python bench/worker_profile.py --tiny --out /tmp/profile                      # the same at toy size on a CPU
 
 Needs the service's dependencies as wheels on the GPU machine (see `bench/multi_gpu_api_job.py`).
@@ -47,18 +48,26 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--data", default=None, help="the stack's folder (storage, Redis); default OUT/stack")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU, to check the script itself")
+    parser.add_argument("--size", default="1280x720", help="the edits' output size, WxH (not with --tiny)")
+    parser.add_argument(
+        "--compile-vae",
+        action="store_true",
+        help="the worker compiles its VAE for that size (CHRONOEDIT_COMPILE_VAE_SIZE)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size = (64, 48) if args.tiny else (1280, 720)
-    summary: dict[str, Any] = {"size": size, "jobs": args.jobs, "preset": FAST}
+    width, height = (64, 48) if args.tiny else (int(side) for side in args.size.split("x"))
+    size = (width, height)
+    summary: dict[str, Any] = {"size": size, "jobs": args.jobs, "preset": FAST, "compile_vae": args.compile_vae}
     started = time.monotonic()
     model = write_model(Path(args.dir), args.tiny)
     summary["checkpoint_s"] = time.monotonic() - started
     children: list[Child] = []
     try:
         data = Path(args.data) if args.data else out / "stack"
-        base = start_stack(data, out, model, args.tiny, children, summary)
+        vae = {"CHRONOEDIT_COMPILE_VAE_SIZE": f"{width}x{height}"} if args.compile_vae else {}
+        base = start_stack(data, out, model, args.tiny, children, summary, **vae)
         with httpx.Client(base_url=base, timeout=300) as client:
             summary["worker"] = client.get("/v1/models").json()["data"]
             summary["runs"] = [run_job(client, photo(size), size, seed) for seed in range(args.jobs)]
@@ -67,6 +76,8 @@ def main() -> int:
             child.stop(timeout=60)
     summarise(summary)
     name = "worker_profile_tiny_cpu" if args.tiny else f"worker_profile_{gpu_label()}"
+    name += "" if args.tiny or args.size == "1280x720" else f"_{args.size}"
+    name += "_compiled_vae" if args.compile_vae else ""
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary["median"], indent=1), flush=True)
     return 0 if all(run["status"] == "succeeded" for run in summary["runs"]) else 1
@@ -85,7 +96,9 @@ def write_model(directory: Path, tiny: bool) -> Path:
     return directory
 
 
-def start_stack(data: Path, logs: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any]) -> str:
+def start_stack(
+    data: Path, logs: Path, model: Path, tiny: bool, children: list[Child], summary: dict[str, Any], **env: str
+) -> str:
     base, worker, summary["worker_ready_s"] = start_local_stack(
         data,
         logs,
@@ -97,6 +110,7 @@ def start_stack(data: Path, logs: Path, model: Path, tiny: bool, children: list[
         CHRONOEDIT_QUEUES='["edits"]',
         CHRONOEDIT_WORKER_NAME="gpu-worker",
         **({"CHRONOEDIT_DEVICE": "cpu"} if tiny else {}),
+        **env,
     )
     assert worker.alive(), "the worker exited"
     return base

@@ -98,6 +98,9 @@ class RunnerOptions:
     compile_dynamic: bool | None = None
     """`torch.compile(dynamic=...)`: True compiles one graph for every token count (every image size and frame
     count); None lets dynamo specialise on the first shape and go dynamic when a second one comes."""
+    compile_vae: bool = False
+    """The VAE's residual and attention blocks compiled with one graph per image size (`compile_vae`): for workers
+    that see one size, since every new size compiles for about a minute."""
     attention_backend: str | None = None
     """A diffusers attention backend name (e.g. `_native_cudnn`); None keeps the default (PyTorch SDPA)."""
     fp8: bool = False
@@ -164,6 +167,8 @@ class EditRunner:
         self._prepare_fp8()
         if self.options.compile:
             _compile_blocks(transformer, self.options.compile_mode, self.options.compile_dynamic)
+        if self.options.compile_vae:
+            compile_vae(pipe.vae)
         place(pipe, self.profile, str(self.device))
         self.prompts = PromptCache(pipe, self.options.prompt_cache, keep=CACHED_PROMPTS)
         self.tiled: list[str] = []
@@ -314,6 +319,22 @@ def _compile_blocks(transformer: Any, mode: str | None = None, dynamic: bool | N
     """
     for block in transformer.blocks:
         block.forward = torch.compile(block.forward, fullgraph=True, mode=mode, dynamic=dynamic)
+
+
+def compile_vae(vae: Any, dynamic: bool = False) -> None:
+    """Regional compilation of the VAE: its residual and attention blocks fused around cuDNN's convolutions.
+
+    Measured on one H200 (`bench/vae_speed.py`, float32, the fast edit's encode and decode): 1.21x at 1280x720 and
+    1.19x at 2048x1536 (0.41 s saved per catalog upscale), output within 0.1% relative L2 of eager, and a lower peak.
+    Each image size needs graphs of its own (a shape-generic graph, `dynamic=True`, ran at 0.83x), compiled at its
+    first use in 37 to 82 s; the blocks share their code but not their shapes, so the recompile limits are raised to
+    hold graphs for every block at several sizes. Beyond them dynamo runs the blocks eagerly, with the same output.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
+    for module in vae.modules():
+        if type(module).__name__ in ("WanResidualBlock", "WanAttentionBlock"):
+            module.compile(dynamic=dynamic)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ def runner_options(settings: WorkerSettings, placement: Placement) -> RunnerOpti
     return RunnerOptions(
         compile=compile_blocks,
         compile_dynamic=True,
+        compile_vae=settings.compile_vae_size is not None,
         attention_backend=settings.attention_backend,
         fp8=settings.fp8,
         profile=memory_profile(settings, placement),

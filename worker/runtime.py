@@ -39,6 +39,7 @@ from chronoedit_core.runner import (
     frames_to_images,
     prepare_image,
 )
+from chronoedit_core.sizing import Size
 from service import __version__ as SERVICE_VERSION
 from service.jobs.batches import BatchStore
 from service.jobs.cache import ResultCache, cache_key
@@ -181,20 +182,21 @@ class WorkerRuntime:
     def _warm_up(self) -> None:
         """Encode the prompts every worker keeps; with compilation on, pay it now rather than in the first job: one
         step at 1280x720 (or the largest size the memory profile admits below it) compiles the shape-generic graph
-        every later size and frame count reuses. Then measure the largest sizes the profile admits, for
-        `GET /v1/models`."""
+        every later size and frame count reuses. A worker with a compiled VAE warms up at the VAE's size instead (its
+        graphs are per size). Then measure the largest sizes the profile admits, for `GET /v1/models`."""
         runner = self.runner
         assert runner is not None
         runner.prompts.preload(CACHED_PROMPTS, runner.device)
         if runner.device.type == "cuda":
             torch.cuda.empty_cache()
-        size = runner.fitting_size(1280, 720)
+        wanted = self.settings.vae_size() or Size(1280, 720)
+        size = runner.fitting_size(wanted.width, wanted.height)
         if size is None:
             raise ModelLoadError(
                 f"memory profile {runner.profile.name!r} leaves no room for an edit on this GPU; pick one that streams "
                 "more from host memory (CHRONOEDIT_MEMORY_PROFILE) or give the worker more GPU memory"
             )
-        if runner.options.compile:
+        if runner.options.compile or runner.options.compile_vae:
             started = time.monotonic()
             request = EditRequest(prompt="warm-up", width=size.width, height=size.height, seed=0, num_inference_steps=1)
             image = Image.new("RGB", (size.width, size.height))
@@ -385,6 +387,7 @@ class WorkerRuntime:
             "dtype": str(self.placement.dtype),
             "attention": str(options.attention_backend if options else None),
             "compile": str(options.compile if options else None),
+            "compile_vae": str(options.compile_vae if options else None),
             "memory_profile": str(self.profile.name if self.profile else None),
             "transformer": str(self.transformer_digest),
             "torch": torch.__version__,

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from chronoedit_core.presets import TURBO
 from chronoedit_core.profiles import NAMES as MEMORY_PROFILES
+from chronoedit_core.sizing import SIZE_MULTIPLE, Size
 from service.settings import CommonSettings
 
 
@@ -46,6 +47,14 @@ class WorkerSettings(CommonSettings):
     )
     compile: bool | None = Field(
         None, description="Regional torch.compile of the transformer blocks, paid at start; default: on for CUDA."
+    )
+    compile_vae_size: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]*x[1-9][0-9]*$",
+        description="`WxH`, e.g. `2048x1536`: compile the VAE for this output size at start, for workers that see "
+        "one size (catalog upscales). Its encode and decode run about 1.2x faster (0.4 s per 2048x1536 image on an "
+        "H200) with the same pixels within 0.1%; each other size compiles anew at its first job (about a minute). "
+        "Default: the VAE runs eagerly.",
     )
     attention_backend: str | None = Field(
         None, description="diffusers attention backend name; default: PyTorch SDPA (fastest measured on H200)."
@@ -129,6 +138,20 @@ class WorkerSettings(CommonSettings):
         if self.turbo_transformer is None or self.model_dir is None:
             return self.turbo_transformer
         return self.model_dir / self.turbo_transformer
+
+    @field_validator("compile_vae_size")
+    @classmethod
+    def _on_the_grid(cls, value: str | None) -> str | None:
+        if value is not None and any(int(side) % SIZE_MULTIPLE for side in value.split("x")):
+            raise ValueError(f"both sides of the VAE's compile size must be multiples of {SIZE_MULTIPLE}")
+        return value
+
+    def vae_size(self) -> Size | None:
+        """The size the VAE is compiled for, if any."""
+        if self.compile_vae_size is None:
+            return None
+        width, height = (int(side) for side in self.compile_vae_size.split("x"))
+        return Size(width, height)
 
     @field_validator("parallel_layout")
     @classmethod
