@@ -39,6 +39,7 @@ def main() -> None:
     latents = {name: runner.denoise(request, image) for name, request in CASES.items()}
     if dist.get_rank() == 0:
         torch.save(latents, out)
+    dist.barrier()  # no rank tears its connections down while another still works (PyTorch's shutdown advice)
     dist.destroy_process_group()
 
 
